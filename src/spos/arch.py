@@ -1,0 +1,129 @@
+"""Architectures: an immutable flat ``{label: choice}`` that names its space (SPEC section 5).
+
+An :class:`Arch` is what search produces and retraining consumes. It is saved as a versioned
+``arch.json`` that names its space and that space's version, so a file from another space is
+refused with a clear error instead of being silently misread. Validation against the choices
+of a space lives in :meth:`spos.space.SearchSpace.validate`. No torch here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spos.errors import ArchError
+
+__all__ = ["Arch", "Value", "ARCH_FORMAT", "ARCH_FORMAT_VERSION", "atomic_write_text"]
+
+Value = str | int | float
+ARCH_FORMAT = "spos.arch"
+ARCH_FORMAT_VERSION = 1
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` so readers see the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class Arch(Mapping[str, Value]):
+    """One architecture of a named space.
+
+    Attributes:
+        space: Name of the search space it belongs to.
+        version: Version of that space.
+        values: ``(label, value)`` pairs in the space's choice order.
+    """
+
+    space: str
+    version: int
+    values: tuple[tuple[str, Value], ...]
+
+    def __getitem__(self, label: str) -> Value:
+        for key, value in self.values:
+            if key == label:
+                return value
+        raise KeyError(label)
+
+    def __iter__(self) -> Iterator[str]:
+        return (key for key, _ in self.values)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __hash__(self) -> int:
+        return hash((self.space, self.version, self.values))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Arch):
+            return NotImplemented
+        return (self.space, self.version, self.values) == (other.space, other.version, other.values)
+
+    @property
+    def key(self) -> str:
+        """Canonical short hash: equal architectures have equal keys (search caches use it)."""
+        text = json.dumps([self.space, self.version, list(self.values)], separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": ARCH_FORMAT,
+            "format_version": ARCH_FORMAT_VERSION,
+            "space": self.space,
+            "space_version": self.version,
+            "arch": dict(self.values),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Arch:
+        if not isinstance(data, Mapping) or data.get("format") != ARCH_FORMAT:
+            raise ArchError(
+                f"not an spos architecture (expected 'format': {ARCH_FORMAT!r}); "
+                "write it with `spos search` or Arch.save"
+            )
+        if int(data.get("format_version", 0)) > ARCH_FORMAT_VERSION:
+            raise ArchError(
+                f"arch.json format_version {data['format_version']} is newer than this spos "
+                f"understands ({ARCH_FORMAT_VERSION}); upgrade spos"
+            )
+        try:
+            values = tuple((str(k), v) for k, v in dict(data["arch"]).items())
+            return cls(str(data["space"]), int(data["space_version"]), values)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArchError(f"malformed arch.json (missing or bad {exc})") from None
+
+    def save(self, path: str | os.PathLike[str], **extra: Any) -> None:
+        """Write ``arch.json`` atomically; ``extra`` keys (score, costs) ride along."""
+        atomic_write_text(path, json.dumps({**self.to_json(), **extra}, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Arch:
+        path = Path(path)
+        if not path.is_file():
+            raise ArchError(f"architecture file {path} does not exist")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ArchError(f"{path} is not valid JSON ({exc}); regenerate it") from None
+        return cls.from_json(data)
+
+    def short(self) -> str:
+        """Compact human form: the values joined by commas."""
+        return ",".join(str(v) for _, v in self.values)

@@ -1,0 +1,90 @@
+"""Torch-free definitions of the built-in search spaces (SPEC section 2).
+
+Each factory returns a :class:`~spos.space.SearchSpace` whose ``layout`` is everything the
+family's model builder needs. Keep this module free of torch: search and its tests import it.
+"""
+
+from __future__ import annotations
+
+from spos.space import Choice, SearchSpace, register_space
+
+__all__ = ["SHUFFLE_CANDIDATES", "OFFICIAL_REFERENCE_ARCH", "shufflenet_space"]
+
+#: The four ShuffleNetV2 block candidates, in the official release's index order.
+SHUFFLE_CANDIDATES = ("shuffle3x3", "shuffle5x5", "shuffle7x7", "xception")
+
+#: The released ImageNet architecture (official index tuple): 322.9M FLOPs, 3.53M params.
+OFFICIAL_REFERENCE_ARCH = (2, 1, 0, 1, 2, 0, 2, 0, 2, 0, 2, 3, 0, 0, 0, 0, 3, 2, 3, 3)
+
+
+def shufflenet_space(
+    name: str,
+    *,
+    input_size: int,
+    in_channels: int,
+    num_classes: int,
+    stem_channels: int,
+    stem_stride: int,
+    stage_repeats: list[int],
+    stage_channels: list[int],
+    stage_strides: list[int],
+    head_channels: int,
+    dropout: float,
+    version: int = 1,
+) -> SearchSpace:
+    """A ShuffleNetV2 block-choice space: one 4-way choice per block."""
+    blocks = sum(stage_repeats)
+    choices = tuple(Choice(f"block_{i:02d}", SHUFFLE_CANDIDATES) for i in range(blocks))
+    layout = {
+        "input_size": input_size,
+        "in_channels": in_channels,
+        "num_classes": num_classes,
+        "stem_channels": stem_channels,
+        "stem_stride": stem_stride,
+        "stage_repeats": stage_repeats,
+        "stage_channels": stage_channels,
+        "stage_strides": stage_strides,
+        "head_channels": head_channels,
+        "dropout": dropout,
+    }
+    return SearchSpace(name, version, "shufflenet", choices, layout)
+
+
+@register_space("shufflenet_imagenet")
+def shufflenet_imagenet() -> SearchSpace:
+    """The paper's block search space: 224x224 input, 20 blocks x 4 candidates (4^20)."""
+    return shufflenet_space(
+        "shufflenet_imagenet",
+        input_size=224,
+        in_channels=3,
+        num_classes=1000,
+        stem_channels=16,
+        stem_stride=2,
+        stage_repeats=[4, 4, 8, 4],
+        stage_channels=[64, 160, 320, 640],
+        stage_strides=[2, 2, 2, 2],
+        head_channels=1024,
+        dropout=0.1,
+    )
+
+
+@register_space("shufflenet_cifar")
+def shufflenet_cifar() -> SearchSpace:
+    """Small-image variant for 32x32 (CIFAR) and 28x28 (Fashion-MNIST) input.
+
+    Stem stride 1 and no stride in the first stage (32 -> 32 -> 16 -> 8 -> 4), the same 20
+    choice blocks, and channels narrowed so the default pipeline fits 2 CPU cores.
+    """
+    return shufflenet_space(
+        "shufflenet_cifar",
+        input_size=32,
+        in_channels=3,
+        num_classes=10,
+        stem_channels=16,
+        stem_stride=1,
+        stage_repeats=[4, 4, 8, 4],
+        stage_channels=[32, 64, 128, 256],
+        stage_strides=[1, 2, 2, 2],
+        head_channels=512,
+        dropout=0.1,
+    )
