@@ -1,0 +1,147 @@
+"""Versioned, atomic, self-describing checkpoints with safe loading (SPEC section 6).
+
+A checkpoint is one file holding a header (format, version, kind, the search space's full
+description, the resolved config, the step) and the states needed to resume bit-identically
+(model, optimiser, scheduler, samplers, data stream, RNGs). It is written to a temporary file
+and moved into place, so a process killed at any moment leaves either the previous checkpoint
+or the new one. Loading uses ``torch.load(weights_only=True)``: tensors, numbers, strings,
+lists and dicts only, never arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spos.errors import CheckpointError
+from spos.space import SearchSpace
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "save_checkpoint",
+    "load_checkpoint",
+    "check_space",
+    "state_dict_sha256",
+]
+
+CHECKPOINT_FORMAT = "spos.checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    kind: str,
+    space: SearchSpace,
+    config: Mapping[str, Any],
+    step: int,
+    state: Mapping[str, Any],
+) -> None:
+    """Atomically write a checkpoint.
+
+    Args:
+        path: Destination file.
+        kind: What it holds (``"supernet"``, ``"search"``, ``"child"``).
+        space: The search space; its full description is stored, so the model can be rebuilt.
+        config: The resolved run config as a dict.
+        step: Progress counter (optimiser step, generation).
+        state: Everything else (state dicts, RNG states); only tensors and plain data.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "kind": kind,
+        "space": space.to_dict(),
+        "space_fingerprint": space.fingerprint(),
+        "config": dict(config),
+        "step": int(step),
+        "state": dict(state),
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], *, kind: str | None = None, map_location: Any = "cpu"
+) -> dict[str, Any]:
+    """Load and check a checkpoint written by :func:`save_checkpoint`.
+
+    Raises:
+        CheckpointError: The file is missing, truncated, not an spos checkpoint, from a newer
+            format, holds objects other than plain data, or is of another ``kind``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated or foreign files
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read safely ({reason}); it is corrupted or not an "
+            "spos checkpoint: delete it to start over, or point at the right file"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not an spos checkpoint")
+    if int(payload.get("format_version", 0)) > CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format {payload['format_version']}, newer than this spos "
+            f"({CHECKPOINT_VERSION}); upgrade spos"
+        )
+    if kind is not None and payload.get("kind") != kind:
+        raise CheckpointError(
+            f"{path} is a {payload.get('kind')!r} checkpoint, but a {kind!r} checkpoint is needed"
+        )
+    return payload
+
+
+def check_space(payload: Mapping[str, Any], space: SearchSpace, *, path: Any = "") -> SearchSpace:
+    """Refuse a checkpoint whose space name or version differs from ``space``.
+
+    Returns the checkpoint's own space (its layout may carry dataset-specific values).
+    """
+    stored = SearchSpace.from_dict(payload["space"])
+    if stored.name != space.name or stored.version != space.version:
+        raise CheckpointError(
+            f"checkpoint {path} was trained in space {stored.name!r} v{stored.version}, but the "
+            f"config asks for {space.name!r} v{space.version}; use a matching config or checkpoint"
+        )
+    if stored.choices != space.choices:
+        raise CheckpointError(
+            f"checkpoint {path} has different choices than space {space.name!r}; it was written "
+            "by an incompatible spos version"
+        )
+    return stored
+
+
+def state_dict_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over a state dict: keys sorted, each key then the tensor's raw bytes."""
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        tensor = state_dict[key]
+        digest.update(key.encode())
+        if isinstance(tensor, torch.Tensor):
+            data = tensor.detach().cpu().contiguous().reshape(-1)
+            digest.update(str(data.dtype).encode())
+            digest.update(str(tuple(tensor.shape)).encode())
+            digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+        else:
+            digest.update(repr(tensor).encode())
+    return digest.hexdigest()

@@ -1,0 +1,140 @@
+"""The ``spos`` command: parses arguments, builds the runtime, dispatches to a stage.
+
+No logic lives here beyond argument handling, progress bars (rank 0 only) and turning
+:class:`~spos.errors.SposError` into one clear line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from spos.errors import SposError
+
+__all__ = ["main"]
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class _TqdmProgress:
+    def __init__(self, *, total: int, initial: int = 0, description: str = "") -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, desc=description, dynamic_ncols=True, file=sys.stderr)
+
+    def update(self, count: int = 1, **postfix: Any) -> None:
+        if postfix:
+            self.bar.set_postfix(postfix, refresh=count == 0)
+        if count:
+            self.bar.update(count)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _resolve_config(args: argparse.Namespace):
+    from spos.config import load_config
+
+    path = args.config
+    if path is None and args.out is not None and (Path(args.out) / "config.yaml").is_file():
+        path = Path(args.out) / "config.yaml"  # resume from the run directory alone
+    return load_config(path, args.overrides)
+
+
+def _runtime(config):
+    from spos.dist import Runtime
+
+    return Runtime.from_env(config.device, threads=config.threads)
+
+
+def _cmd_train_supernet(args: argparse.Namespace) -> int:
+    from spos.stages import train_supernet
+
+    config = _resolve_config(args)
+    runtime = _runtime(config)
+    summary = train_supernet.run(config, Path(args.out), runtime=runtime, progress=_TqdmProgress)
+    if runtime.is_main:
+        print(
+            f"supernet trained: {summary['steps']} steps, panel mean acc "
+            f"{summary['panel_mean_acc']}, summary in {Path(args.out) / 'summary.json'}"
+        )
+    runtime.close()
+    return 0
+
+
+def _cmd_cost(args: argparse.Namespace) -> int:
+    from spos.config import apply_overrides
+    from spos.cost import CostModel
+    from spos.space import create_space
+
+    layout = apply_overrides({}, args.overrides)
+    space = create_space(args.space, **layout)
+    arch = space.parse(args.arch)
+    costs = CostModel.from_space(space).costs(arch)
+    if args.json:
+        print(json.dumps(costs))
+    else:
+        for key, value in costs.items():
+            print(f"{key:>14}: {value:,}")
+    return 0
+
+
+def _cmd_spaces(args: argparse.Namespace) -> int:
+    from spos.space import create_space, list_spaces
+
+    del args
+    for name in list_spaces():
+        space = create_space(name)
+        print(f"{name:<24} v{space.version}  family={space.family:<12} choices={len(space.choices):<3} size={space.size():.3g}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spos", description="Single Path One-Shot NAS: supernet training, search, retraining, export."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def stage(name: str, help_text: str, handler) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", type=Path, default=None, help="YAML config (default: RUN_DIR/config.yaml, else built-in defaults)")
+        p.add_argument("--out", type=Path, required=True, help="run directory (rerun the same command to resume)")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. supernet.lr=0.1")
+        p.set_defaults(handler=handler)
+        return p
+
+    stage("train-supernet", "train a supernet with uniform single-path sampling", _cmd_train_supernet)
+
+    p = sub.add_parser("cost", help="FLOPs and params of an architecture")
+    p.add_argument("--space", required=True, help="search space name (see `spos spaces`)")
+    p.add_argument("--arch", required=True, help="arch.json path, JSON, or comma-separated indices")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="space layout overrides, e.g. num_classes=10")
+    p.set_defaults(handler=_cmd_cost)
+
+    p = sub.add_parser("spaces", help="list the registered search spaces")
+    p.set_defaults(handler=_cmd_spaces)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(args.handler(args) or 0)
+    except SposError as exc:
+        print(f"spos: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("spos: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return EXIT_INTERRUPTED

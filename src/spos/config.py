@@ -1,0 +1,401 @@
+"""Typed configuration: dataclasses, YAML files and dotted ``key=value`` overrides.
+
+One :class:`RunConfig` describes a whole run (space, data, supernet training, search, retrain).
+YAML supplies values, the command line overrides them (``supernet.lr=0.1``), and the resolved
+config is saved as ``config.yaml`` in the run directory so every stage can rebuild the run
+from files alone (DESIGN: data flows one way). Unknown keys, wrong types and out-of-range
+values raise :class:`~spos.errors.ConfigError` naming the dotted field and the fix.
+
+Each field is documented by the string right below it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from spos.errors import ConfigError
+
+__all__ = [
+    "SpaceConfig",
+    "DataConfig",
+    "SupernetConfig",
+    "ConstraintConfig",
+    "SearchConfig",
+    "RetrainConfig",
+    "RunConfig",
+    "load_config",
+    "apply_overrides",
+    "config_from_dict",
+    "config_to_dict",
+    "save_config",
+]
+
+
+@dataclass
+class SpaceConfig:
+    name: str = "shufflenet_cifar"
+    """Registered search space (``spos spaces`` lists them)."""
+    layout: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the space's layout keys; in_channels, num_classes and input_size are filled
+    from the dataset unless given here."""
+
+
+@dataclass
+class DataConfig:
+    dataset: Literal["fashion_mnist", "cifar10", "cifar100", "image_folder", "synthetic"] = (
+        "fashion_mnist"
+    )
+    """Which reader to use."""
+    root: str | None = None
+    """Dataset location; None means the reader's default (Fashion-MNIST: Debian's path)."""
+    cache_dir: str = "~/.cache/spos"
+    """Where decoded small datasets are cached as .npy."""
+    val_size: int = 10000
+    """Images held out from the training set as the fixed validation split (search fitness)."""
+    train_limit: int | None = None
+    """Use only the first N shuffled training images (tiny runs); None uses all."""
+    test_limit: int | None = None
+    """Use only the first N test images (tiny runs); None uses all."""
+    pad_to: int | None = None
+    """Zero-pad images to this size (e.g. 28 -> 32); None keeps the native size."""
+    crop_padding: int = 4
+    """Padding of the random-crop augmentation; 0 disables cropping."""
+    flip: bool = True
+    """Random horizontal flips during training."""
+    synthetic_size: int = 2048
+    """Training images of the synthetic dataset (dataset=synthetic only)."""
+    synthetic_image_size: int = 16
+    """Side of the synthetic images (dataset=synthetic only)."""
+
+    def validate(self, prefix: str) -> None:
+        _check(self.val_size >= 1, f"{prefix}.val_size", "must be at least 1")
+        _check(self.crop_padding >= 0, f"{prefix}.crop_padding", "must be >= 0")
+        for name in ("train_limit", "test_limit", "pad_to"):
+            value = getattr(self, name)
+            _check(value is None or value >= 1, f"{prefix}.{name}", "must be >= 1 or null")
+
+
+@dataclass
+class SupernetConfig:
+    steps: int = 3000
+    """Optimiser steps (one uniformly sampled path per step)."""
+    batch_size: int = 128
+    """Global batch size (split across ranks under torchrun)."""
+    lr: float = 0.2
+    """Peak learning rate."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    nesterov: bool = False
+    """Nesterov momentum."""
+    weight_decay: float = 4e-5
+    """Weight decay, applied to conv and linear weights only."""
+    label_smoothing: float = 0.1
+    """Label smoothing of the cross-entropy loss."""
+    schedule: Literal["linear", "cosine"] = "linear"
+    """Per-step decay to zero after warm-up (official: linear)."""
+    warmup_steps: int = 0
+    """Linear warm-up steps from 0 to the peak learning rate."""
+    sampler: Literal["uniform", "constraint", "fair"] = "uniform"
+    """Path sampling: uniform, uniform-constraint (FLOPs bins), or strict-fair."""
+    flops_min: float | None = None
+    """Lower FLOPs bound for constraint sampling (multiply-adds); None: the space minimum."""
+    flops_max: float | None = None
+    """Upper FLOPs bound for constraint sampling; None: the space maximum."""
+    flops_bins: int = 7
+    """Number of equal FLOPs bins for constraint sampling (official: 7)."""
+    sampler_max_tries: int = 100
+    """Rejection-sampling tries per step before falling back to a uniform path."""
+    eval_every: int = 500
+    """Evaluate the architecture panel every N steps (0: only at the end)."""
+    panel_size: int = 5
+    """Fixed architectures whose validation accuracy is tracked during training."""
+    panel_val_images: int = 2000
+    """Validation images per panel evaluation."""
+    panel_recalibrate_images: int = 2000
+    """Training images for BN recalibration before each panel evaluation."""
+    checkpoint_every: int = 200
+    """Write a resumable checkpoint every N steps (and at the end)."""
+    log_every: int = 20
+    """Write a metrics line every N steps."""
+    channels_last: bool = True
+    """Use the channels_last memory format (faster on CPU and tensor cores)."""
+
+    def validate(self, prefix: str) -> None:
+        _check(self.steps >= 1, f"{prefix}.steps", "must be at least 1")
+        _check(self.batch_size >= 1, f"{prefix}.batch_size", "must be at least 1")
+        _check(self.lr > 0, f"{prefix}.lr", "must be positive")
+        _check(0 <= self.momentum < 1, f"{prefix}.momentum", "must be in [0, 1)")
+        _check(self.weight_decay >= 0, f"{prefix}.weight_decay", "must be >= 0")
+        _check(0 <= self.label_smoothing < 1, f"{prefix}.label_smoothing", "must be in [0, 1)")
+        _check(0 <= self.warmup_steps < self.steps, f"{prefix}.warmup_steps", "must be in [0, steps)")
+        _check(self.flops_bins >= 1, f"{prefix}.flops_bins", "must be at least 1")
+        _check(self.sampler_max_tries >= 1, f"{prefix}.sampler_max_tries", "must be at least 1")
+        for name in ("eval_every", "panel_size"):
+            _check(getattr(self, name) >= 0, f"{prefix}.{name}", "must be >= 0")
+        for name in ("panel_val_images", "panel_recalibrate_images", "checkpoint_every", "log_every"):
+            _check(getattr(self, name) >= 1, f"{prefix}.{name}", "must be at least 1")
+        if self.flops_min is not None and self.flops_max is not None:
+            _check(self.flops_min < self.flops_max, f"{prefix}.flops_min", "must be below flops_max")
+
+
+@dataclass
+class ConstraintConfig:
+    metric: str = "flops"
+    """Cost metric: flops, params, params_total, latency (needs search.latency_table), bitops."""
+    min: float | None = None
+    """Smallest allowed value (inclusive); None: no lower bound."""
+    max: float | None = None
+    """Largest allowed value (inclusive); None: no upper bound."""
+
+
+@dataclass
+class SearchConfig:
+    strategy: Literal["evolution", "random"] = "evolution"
+    """Evolutionary search (the paper) or random search with the same budget (baseline)."""
+    population_size: int = 50
+    """Candidates per generation."""
+    generations: int = 20
+    """Number of generations."""
+    top_k: int = 10
+    """Parents kept from everything evaluated so far."""
+    mutation_count: int = 25
+    """Mutated children per generation."""
+    mutation_prob: float = 0.1
+    """Per-gene resampling probability of a mutation."""
+    crossover_count: int = 25
+    """Uniform-crossover children per generation."""
+    recalibrate_images: int = 20000
+    """Training images forwarded to recalibrate BN before scoring a candidate (paper: ~20k)."""
+    val_images: int | None = None
+    """Validation images used for fitness (None: the whole held-out split)."""
+    batch_size: int = 500
+    """Batch size for recalibration and evaluation."""
+    constraints: list[ConstraintConfig] = field(default_factory=list)
+    """Hard constraints; candidates violating one are rejected before evaluation."""
+    latency_table: str | None = None
+    """Latency lookup table from `spos latency-table` (needed for a latency constraint)."""
+
+    def validate(self, prefix: str) -> None:
+        for name in ("population_size", "generations", "top_k", "recalibrate_images", "batch_size"):
+            _check(getattr(self, name) >= 1, f"{prefix}.{name}", "must be at least 1")
+        _check(self.top_k <= self.population_size, f"{prefix}.top_k", "must be <= population_size")
+        _check(0 <= self.mutation_prob <= 1, f"{prefix}.mutation_prob", "must be in [0, 1]")
+        for i, c in enumerate(self.constraints):
+            _check(
+                c.min is not None or c.max is not None,
+                f"{prefix}.constraints[{i}]",
+                "needs min or max",
+            )
+
+
+@dataclass
+class RetrainConfig:
+    epochs: int = 10
+    """Training epochs of the standalone network from scratch."""
+    batch_size: int = 128
+    """Global batch size."""
+    lr: float = 0.2
+    """Peak learning rate."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    nesterov: bool = False
+    """Nesterov momentum."""
+    weight_decay: float = 4e-5
+    """Weight decay on conv and linear weights only."""
+    label_smoothing: float = 0.1
+    """Label smoothing of the cross-entropy loss."""
+    schedule: Literal["linear", "cosine"] = "linear"
+    """Per-step decay to zero after warm-up."""
+    warmup_steps: int = 0
+    """Linear warm-up steps."""
+    init: Literal["scratch", "inherit"] = "scratch"
+    """Train from scratch (paper) or fine-tune from the supernet's weights."""
+    bn_postprocess: bool = True
+    """After training, recompute BN statistics over one epoch (official release)."""
+    checkpoint_every: int = 200
+    """Resumable checkpoint every N steps."""
+
+    def validate(self, prefix: str) -> None:
+        for name in ("epochs", "batch_size", "checkpoint_every"):
+            _check(getattr(self, name) >= 1, f"{prefix}.{name}", "must be at least 1")
+        _check(self.lr > 0, f"{prefix}.lr", "must be positive")
+        _check(0 <= self.label_smoothing < 1, f"{prefix}.label_smoothing", "must be in [0, 1)")
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    """Seed of every random draw (each purpose derives its own stream from it)."""
+    device: str = "auto"
+    """'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'."""
+    threads: int | None = None
+    """Intra-op CPU threads; None: torch's default (number of cores)."""
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+    """Search space."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Dataset and augmentation."""
+    supernet: SupernetConfig = field(default_factory=SupernetConfig)
+    """Supernet training (SPEC section 3)."""
+    search: SearchConfig = field(default_factory=SearchConfig)
+    """Architecture search (SPEC section 4)."""
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    """Retraining of the found architecture (SPEC section 5)."""
+
+    def validate(self) -> RunConfig:
+        _check(
+            self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+            "device",
+            "must be auto, cpu, cuda or cuda:N",
+        )
+        _check(self.threads is None or self.threads >= 1, "threads", "must be >= 1 or null")
+        for name in ("data", "supernet", "search", "retrain"):
+            getattr(self, name).validate(name)
+        return self
+
+
+def _check(condition: bool, name: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"config field {name!r} {message}")
+
+
+# --------------------------------------------------------------------------- conversion
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _convert(value: Any, annotation: Any, name: str) -> Any:
+    """Check ``value`` against ``annotation`` and convert it (ints to floats, dicts to dataclasses)."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in args:
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, name)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"config field {name!r} has the wrong type: got {value!r}; " + errors[0])
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"config field {name!r} must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config field {name!r} must be a list, got {value!r}")
+        return [_convert(v, args[0], f"{name}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config field {name!r} must be a mapping, got {value!r}")
+        return {str(k): _convert(v, args[1], f"{name}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(annotation):
+        return _from_dict(annotation, value, name)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config field {name!r} must be true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config field {name!r} must be an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads 3e8 (no dot, no sign) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config field {name!r} must be a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config field {name!r} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"config field {name!r}: unsupported type {_type_name(annotation)}")
+
+
+def _from_dict(cls: type, data: Any, prefix: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        where = f"section {prefix!r}" if prefix else "the config file"
+        raise ConfigError(f"{where} must be a mapping of keys to values, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        dotted = [f"{prefix}.{k}" if prefix else k for k in unknown]
+        raise ConfigError(
+            f"unknown config key(s) {dotted}; valid keys here: {sorted(fields)}"
+        )
+    kwargs = {
+        key: _convert(value, hints[key], f"{prefix}.{key}" if prefix else key)
+        for key, value in data.items()
+    }
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    """Build and validate a :class:`RunConfig` from a plain dict."""
+    return _from_dict(RunConfig, data, "").validate()
+
+
+def config_to_dict(config: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply dotted ``key=value`` overrides (values parsed as YAML) to a config dict."""
+    data = yaml.safe_load(yaml.safe_dump(data))  # deep copy
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. supernet.lr=0.1)")
+        key, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {key!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or defaults when ``path`` is None) and apply overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; see configs/ for examples")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return config_from_dict(apply_overrides(data, overrides or []))
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    from spos.arch import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))

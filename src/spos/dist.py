@@ -1,0 +1,124 @@
+"""The one place that knows about torchrun and DDP (SPEC section 7).
+
+:class:`Runtime` holds the device, the rank and the world size, and offers the few collective
+operations the stages need. Stages receive it; models never see it. Under ``torchrun`` the
+environment variables ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` select the process group (NCCL
+on CUDA, gloo on CPU); without them everything is a no-op on a single process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as torch_dist
+from torch import nn
+
+from spos.errors import ConfigError
+
+__all__ = ["Runtime", "resolve_device"]
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str, *, local_rank: int = 0) -> torch.device:
+    """Turn a config device string into a ``torch.device`` (``auto`` prefers CUDA)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError("config field 'device' asks for CUDA but no GPU is visible; use device=cpu")
+        if name == "cuda":
+            return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device(name)
+
+
+@dataclass
+class Runtime:
+    """Device, rank and world size of this process, plus collectives.
+
+    Attributes:
+        device: Where tensors and models live.
+        rank: Global rank (0 on a single process).
+        world_size: Number of processes.
+        local_rank: Rank on this node (selects the GPU).
+    """
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls, device: str = "auto", *, threads: int | None = None) -> Runtime:
+        """Build the runtime, joining the torchrun process group when there is one."""
+        if threads is not None:
+            torch.set_num_threads(threads)
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        resolved = resolve_device(device, local_rank=local_rank)
+        if world_size > 1 and not torch_dist.is_initialized():
+            backend = "nccl" if resolved.type == "cuda" else "gloo"
+            if resolved.type == "cuda":
+                torch.cuda.set_device(resolved)
+            torch_dist.init_process_group(backend=backend)
+            log.info("joined process group: rank %d of %d (%s)", rank, world_size, backend)
+        return cls(resolved, rank, world_size, local_rank)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """DDP-wrap a supernet for training (unused candidates are expected every step)."""
+        if not self.distributed:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
+
+    def all_reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Average ``tensor`` over ranks in place (no-op on one process)."""
+        if self.distributed:
+            torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
+            tensor /= self.world_size
+        return tensor
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum ``tensor`` over ranks in place (no-op on one process)."""
+        if self.distributed:
+            torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
+        return tensor
+
+    def all_gather_objects(self, value: Any) -> list[Any]:
+        """Every rank's ``value``, in rank order."""
+        if not self.distributed:
+            return [value]
+        gathered: list[Any] = [None] * self.world_size
+        torch_dist.all_gather_object(gathered, value)
+        return gathered
+
+    def broadcast_object(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank."""
+        if not self.distributed:
+            return value
+        holder = [value]
+        torch_dist.broadcast_object_list(holder, src=0)
+        return holder[0]
+
+    def barrier(self) -> None:
+        if self.distributed:
+            torch_dist.barrier()
+
+    def close(self) -> None:
+        if self.distributed and torch_dist.is_initialized():
+            torch_dist.destroy_process_group()

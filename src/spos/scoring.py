@@ -1,0 +1,88 @@
+"""Scoring an architecture with inherited supernet weights (SPEC section 4).
+
+``score = top-1 on the fixed validation split after BN recalibration``. The recalibration and
+validation batches are prepared once (decoded, normalised, on the device, channels_last) and
+reused for every candidate, so each candidate costs exactly its forwards. The supernet's own
+BN buffers are restored afterwards, so scoring never changes the supernet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from spos.arch import Arch
+from spos.calibrate import recalibrate_bn
+
+__all__ = ["ArchScorer", "top1_accuracy"]
+
+
+@torch.no_grad()
+def top1_accuracy(
+    model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, arch: Arch | None = None
+) -> tuple[int, int]:
+    """(correct, total) of ``model`` (or ``model(x, arch)``) in eval mode over ``batches``."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    for images, labels in batches:
+        logits = model(images) if arch is None else model(images, arch)
+        correct += int((logits.argmax(dim=1) == labels).sum())
+        total += int(labels.numel())
+    model.train(was_training)
+    return correct, total
+
+
+class ArchScorer:
+    """Scores architectures of a supernet: recalibrate the path's BN, then validation top-1.
+
+    Args:
+        supernet: A :class:`spos.supernet.Supernet` (not DDP-wrapped).
+        recalibrate_batches: Prepared training batches (float images, labels) for BN
+            recalibration; the same ones for every candidate.
+        val_batches: Prepared held-out validation batches; the same ones for every candidate.
+        reduce: Optional ``(correct, total) tensor -> tensor`` sum across ranks.
+    """
+
+    def __init__(
+        self,
+        supernet: torch.nn.Module,
+        *,
+        recalibrate_batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        val_batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    ) -> None:
+        self.supernet = supernet
+        self.recalibrate_batches = list(recalibrate_batches)
+        self.val_batches = list(val_batches)
+
+    def recalibrate(self, arch: Arch) -> None:
+        recalibrate_bn(
+            self.supernet,
+            (images for images, _ in self.recalibrate_batches),
+            forward=lambda model, images: model(images, arch),
+            batchnorms=self.supernet.path_batchnorms(arch),
+        )
+
+    def evaluate(self, arch: Arch) -> tuple[int, int]:
+        return top1_accuracy(self.supernet, self.val_batches, arch=arch)
+
+    def score(self, arch: Arch) -> float:
+        """Validation top-1 (%) of ``arch`` after BN recalibration; supernet left unchanged."""
+        batchnorms = self.supernet.path_batchnorms(arch)
+        saved = [
+            (bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone())
+            for bn in batchnorms
+        ]
+        try:
+            self.recalibrate(arch)
+            correct, total = self.evaluate(arch)
+        finally:
+            for bn, (mean, var, count) in zip(batchnorms, saved):
+                bn.running_mean.copy_(mean)
+                bn.running_var.copy_(var)
+                bn.num_batches_tracked.copy_(count)
+        return 100.0 * correct / max(1, total)
+
+    def score_many(self, archs: Sequence[Arch]) -> list[float]:
+        return [self.score(arch) for arch in archs]

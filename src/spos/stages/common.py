@@ -1,0 +1,256 @@
+"""Pieces every stage recipe shares: run-directory files, data preparation, optimiser and
+learning-rate schedule, metrics logging, and the progress-reporting protocol.
+
+Stages stay short recipes (setup, run, save) because the plumbing lives here once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from spos import data as spos_data
+from spos.arch import atomic_write_text
+from spos.config import DataConfig, RunConfig, save_config
+from spos.dist import Runtime
+from spos.errors import ConfigError
+from spos.space import SearchSpace, create_space
+
+__all__ = [
+    "Progress",
+    "ProgressFactory",
+    "null_progress",
+    "PreparedData",
+    "prepare_data",
+    "build_space",
+    "make_sgd",
+    "learning_rate",
+    "MetricsLog",
+    "write_json",
+    "start_run",
+]
+
+
+class Progress(Protocol):
+    """What a stage needs from a progress bar (the CLI passes a tqdm-backed one)."""
+
+    def update(self, count: int = 1, **postfix: Any) -> None: ...
+
+    def close(self) -> None: ...
+
+
+ProgressFactory = Callable[..., Progress]
+
+
+class _NullProgress:
+    def update(self, count: int = 1, **postfix: Any) -> None:
+        del count, postfix
+
+    def close(self) -> None:
+        return None
+
+
+def null_progress(*, total: int, initial: int = 0, description: str = "") -> Progress:
+    """A progress reporter that shows nothing (library use, non-main ranks)."""
+    del total, initial, description
+    return _NullProgress()
+
+
+@dataclass
+class PreparedData:
+    """Datasets of a run and what the model needs to know about them.
+
+    Attributes:
+        train: Training images minus the held-out validation split.
+        val: The fixed held-out validation split (search fitness, panel accuracy).
+        mean: Per-channel mean on the [0, 1] scale (from ``train``).
+        std: Per-channel standard deviation on the [0, 1] scale.
+        num_classes: Number of classes.
+        channels: Image channels.
+        image_size: Image side after padding.
+    """
+
+    train: spos_data.ArrayDataset
+    val: spos_data.ArrayDataset
+    mean: torch.Tensor
+    std: torch.Tensor
+    num_classes: int
+    channels: int
+    image_size: int
+
+    def to_float(self, images: torch.Tensor, runtime: Runtime, *, channels_last: bool) -> torch.Tensor:
+        """Normalise a uint8 batch and move it to the runtime's device."""
+        return spos_data.to_float(
+            images, self.mean, self.std, channels_last=channels_last, device=runtime.device
+        )
+
+
+def _load_split(cfg: DataConfig, split: str, *, seed: int) -> spos_data.ArrayDataset:
+    kwargs: dict[str, Any] = {}
+    if cfg.dataset == "synthetic":
+        kwargs = {"size": cfg.synthetic_size, "image_size": cfg.synthetic_image_size, "seed": seed}
+    dataset = spos_data.load_dataset(
+        cfg.dataset, root=cfg.root, split=split, cache_dir=Path(cfg.cache_dir).expanduser(), **kwargs
+    )
+    limit = cfg.train_limit if split == "train" else cfg.test_limit
+    if limit is not None and limit < len(dataset):
+        generator = torch.Generator().manual_seed(seed * 1000 + (split == "test"))
+        dataset = dataset.subset(torch.randperm(len(dataset), generator=generator)[:limit])
+    if cfg.pad_to is not None:
+        dataset = _pad(dataset, cfg.pad_to)
+    return dataset
+
+
+def _pad(dataset: spos_data.ArrayDataset, size: int) -> spos_data.ArrayDataset:
+    """Zero-pad every image to ``size`` x ``size`` (e.g. Fashion-MNIST 28 -> 32), once."""
+    height, width = dataset.images.shape[-2:]
+    if size < max(height, width):
+        raise ConfigError(f"config field 'data.pad_to' ({size}) is smaller than the images ({height}x{width})")
+    top, left = (size - height) // 2, (size - width) // 2
+    padding = (left, size - width - left, top, size - height - top)
+    images = torch.nn.functional.pad(dataset.images, padding)
+    return spos_data.ArrayDataset(images.contiguous(), dataset.labels, dataset.classes)
+
+
+def prepare_data(config: RunConfig) -> PreparedData:
+    """Load the training set, hold out the fixed validation split, compute channel stats."""
+    full = _load_split(config.data, "train", seed=config.seed)
+    if config.data.val_size >= len(full):
+        raise ConfigError(
+            f"config field 'data.val_size' ({config.data.val_size}) must be smaller than the "
+            f"training set ({len(full)} images)"
+        )
+    train_index, val_index = spos_data.holdout_split(
+        full.labels, size=config.data.val_size, seed=config.seed
+    )
+    train, val = full.subset(train_index), full.subset(val_index)
+    mean, std = spos_data.channel_stats(train.images)
+    return PreparedData(
+        train=train,
+        val=val,
+        mean=mean,
+        std=std,
+        num_classes=len(full.classes),
+        channels=int(full.images.shape[1]),
+        image_size=int(full.images.shape[-1]),
+    )
+
+
+def load_test_split(config: RunConfig) -> spos_data.ArrayDataset:
+    """The test split: only the final report reads it (SPEC section 4)."""
+    return _load_split(config.data, "test", seed=config.seed)
+
+
+def build_space(config: RunConfig, data: PreparedData | None = None) -> SearchSpace:
+    """The configured space, with input channels, classes and size taken from the data."""
+    space = create_space(config.space.name)
+    updates: dict[str, Any] = {}
+    if data is not None:
+        derived = {
+            "in_channels": data.channels,
+            "num_classes": data.num_classes,
+            "input_size": data.image_size,
+        }
+        updates.update({k: v for k, v in derived.items() if k in space.layout})
+    updates.update(config.space.layout)
+    return space.with_layout(**updates) if updates else space
+
+
+def make_sgd(
+    model: nn.Module, *, lr: float, momentum: float, nesterov: bool, weight_decay: float
+) -> torch.optim.SGD:
+    """SGD with weight decay on conv and linear weights only (official recipe).
+
+    Parameters whose gradient is None in a step (candidates off the sampled path) get no
+    update at all: torch's SGD skips them, so no decay and no stale momentum step.
+    """
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        (decay if parameter.ndim > 1 else no_decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
+
+
+def learning_rate(step: int, *, total: int, peak: float, warmup: int, schedule: str) -> float:
+    """Learning rate at ``step`` (0-based): linear warm-up, then linear or cosine decay to 0."""
+    if warmup and step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "cosine":
+        return 0.5 * peak * (1 + math.cos(math.pi * progress))
+    return peak * (1 - progress)
+
+
+class MetricsLog:
+    """Append-only ``metrics.jsonl`` (and TensorBoard) on the main rank.
+
+    On resume, records past the checkpoint's step are dropped so the file reads as one run.
+    """
+
+    def __init__(self, run_dir: Path, *, enabled: bool, resume_step: int) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self.enabled = enabled
+        self.writer = None
+        if not enabled:
+            return
+        if self.path.exists():
+            kept = [
+                line
+                for line in self.path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= resume_step
+            ]
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step + 1)
+        except ImportError:  # TensorBoard is optional; metrics.jsonl is the record
+            self.writer = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            step = int(record.get("step", 0))
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def start_run(config: RunConfig, run_dir: Path, runtime: Runtime) -> None:
+    """Create the run directory and save the resolved config (main rank only)."""
+    if runtime.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+    runtime.barrier()
+
+
+class Stopwatch:
+    """Wall-clock seconds since construction (``time.perf_counter``)."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __call__(self) -> float:
+        return time.perf_counter() - self.start
+

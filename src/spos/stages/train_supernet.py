@@ -1,0 +1,285 @@
+"""Stage 1: train the supernet with one uniformly sampled path per step (SPEC section 3).
+
+Recipe: prepare data and space, build the supernet, resume from ``supernet.ckpt`` if present,
+then for every step sample a path, take an SGD step on it alone, log, evaluate the fixed
+panel now and then, and checkpoint atomically. Writes ``config.yaml``, ``metrics.jsonl``,
+``tensorboard/``, ``supernet.ckpt`` and, at the end, ``summary.json``.
+
+Resuming is exact on CPU: the checkpoint holds the model, optimiser, sampler (RNG and
+coverage), data stream position and torch RNG, and per-batch augmentation is seeded from the
+batch's position, so a run killed at any moment ends bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from spos import data as spos_data
+from spos.checkpoint import check_space, load_checkpoint, save_checkpoint, state_dict_sha256
+from spos.config import RunConfig, config_to_dict
+from spos.cost import CostModel
+from spos.dist import Runtime
+from spos.sampling import create_sampler
+from spos.scoring import ArchScorer
+from spos.space import SearchSpace, make_rng
+from spos.stages.common import (
+    MetricsLog,
+    PreparedData,
+    ProgressFactory,
+    Stopwatch,
+    build_space,
+    learning_rate,
+    make_sgd,
+    null_progress,
+    prepare_data,
+    start_run,
+    write_json,
+)
+from spos.supernet import Supernet, build_supernet
+
+__all__ = ["run", "CHECKPOINT_NAME", "build_panel", "build_scorer"]
+
+log = logging.getLogger(__name__)
+CHECKPOINT_NAME = "supernet.ckpt"
+
+
+def seed_from(seed: int, purpose: str) -> int:
+    """An integer seed for torch derived from the run seed and a purpose."""
+    return make_rng(seed, purpose).getrandbits(63)
+
+
+def build_panel(space: SearchSpace, *, seed: int, size: int) -> list:
+    """The fixed panel of architectures tracked during training (distinct, seeded)."""
+    rng = make_rng(seed, "panel")
+    panel, keys = [], set()
+    for _ in range(size * 20):
+        if len(panel) == size:
+            break
+        arch = space.sample(rng)
+        if arch.key not in keys:
+            keys.add(arch.key)
+            panel.append(arch)
+    return panel
+
+
+def build_scorer(
+    supernet: Supernet,
+    data: PreparedData,
+    runtime: Runtime,
+    *,
+    seed: int,
+    recalibrate_images: int,
+    val_images: int | None,
+    batch_size: int,
+    channels_last: bool,
+) -> ArchScorer:
+    """A scorer with fixed recalibration images (seeded from train) and validation images."""
+    generator = torch.Generator().manual_seed(seed_from(seed, "recalibration-images"))
+    count = min(recalibrate_images, len(data.train))
+    recal = data.train.subset(torch.randperm(len(data.train), generator=generator)[:count])
+    val = data.val if val_images is None else data.val.subset(torch.arange(min(val_images, len(data.val))))
+
+    def prepared(dataset: spos_data.ArrayDataset) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [
+            (data.to_float(images, runtime, channels_last=channels_last), labels.to(runtime.device))
+            for images, labels in spos_data.iterate_batches(dataset, batch_size=batch_size)
+        ]
+
+    return ArchScorer(supernet, recalibrate_batches=prepared(recal), val_batches=prepared(val))
+
+
+def run(
+    config: RunConfig,
+    run_dir: Path,
+    *,
+    runtime: Runtime,
+    progress: ProgressFactory = null_progress,
+) -> dict[str, Any]:
+    """Train (or resume training) the supernet in ``run_dir``; return the summary."""
+    cfg = config.supernet
+    run_dir = Path(run_dir)
+    checkpoint_path = run_dir / CHECKPOINT_NAME
+    start_run(config, run_dir, runtime)
+
+    data = prepare_data(config)
+    space = build_space(config, data)
+    torch.manual_seed(seed_from(config.seed, "supernet-init"))
+    supernet = build_supernet(space).to(runtime.device)
+    if cfg.channels_last:
+        supernet = supernet.to(memory_format=torch.channels_last)
+    model = runtime.wrap(supernet)
+    optimizer = make_sgd(
+        supernet, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
+    )
+    costs = CostModel.from_space(space)
+    flops_range = (
+        cfg.flops_min if cfg.flops_min is not None else costs.min_flops(),
+        cfg.flops_max if cfg.flops_max is not None else costs.max_flops(),
+    )
+    sampler = create_sampler(
+        cfg.sampler,
+        space,
+        make_rng(config.seed, "path-sampler"),
+        flops=costs.flops,
+        flops_range=flops_range,
+        bins=cfg.flops_bins,
+        max_tries=cfg.sampler_max_tries,
+    )
+    padding, flip = config.data.crop_padding, config.data.flip
+    stream = spos_data.BatchStream(
+        data.train,
+        batch_size=cfg.batch_size,
+        seed=seed_from(config.seed, "supernet-data"),
+        augment=lambda images, generator: spos_data.random_crop_flip(
+            images, padding=padding, flip=flip, generator=generator
+        ),
+        rank=runtime.rank,
+        world_size=runtime.world_size,
+    )
+
+    step, train_seconds = 0, 0.0
+    if checkpoint_path.exists():
+        payload = load_checkpoint(checkpoint_path, kind="supernet", map_location=runtime.device)
+        check_space(payload, space, path=checkpoint_path)
+        state = payload["state"]
+        supernet.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        sampler.load_state_dict(state["sampler"])
+        stream.load_state_dict(state["stream"])
+        torch.set_rng_state(state["torch_rng"])
+        step, train_seconds = int(payload["step"]), float(state["train_seconds"])
+        log.info("resuming supernet training from step %d", step)
+        summary_path = run_dir / "summary.json"
+        if step >= cfg.steps and summary_path.exists():
+            import json
+
+            return json.loads(summary_path.read_text())
+
+    panel = build_panel(space, seed=config.seed, size=cfg.panel_size)
+    scorer = (
+        build_scorer(
+            supernet,
+            data,
+            runtime,
+            seed=config.seed,
+            recalibrate_images=cfg.panel_recalibrate_images,
+            val_images=cfg.panel_val_images,
+            batch_size=max(256, cfg.batch_size),
+            channels_last=cfg.channels_last,
+        )
+        if panel and runtime.is_main
+        else None
+    )
+
+    def save(at_step: int) -> None:
+        if not runtime.is_main:
+            return
+        save_checkpoint(
+            checkpoint_path,
+            kind="supernet",
+            space=space,
+            config=config_to_dict(config),
+            step=at_step,
+            state={
+                "model": supernet.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "sampler": sampler.state_dict(),
+                "stream": stream.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "train_seconds": train_seconds,
+            },
+        )
+
+    def evaluate_panel(at_step: int) -> dict[str, Any]:
+        if scorer is None:
+            return {}
+        scores = {arch.short(): scorer.score(arch) for arch in panel}
+        record = {
+            "step": at_step,
+            "panel_mean_acc": sum(scores.values()) / len(scores),
+            "panel_best_acc": max(scores.values()),
+            "panel": scores,
+        }
+        metrics.write(record)
+        return record
+
+    metrics = MetricsLog(run_dir, enabled=runtime.is_main, resume_step=step)
+    bar = progress(total=cfg.steps, initial=step, description="supernet") if runtime.is_main else null_progress(total=cfg.steps)
+    window_loss, window_correct, window_images = 0.0, 0, 0
+    window_clock = Stopwatch()
+    last_panel: dict[str, Any] = {}
+    model.train()
+    while step < cfg.steps:
+        lr = learning_rate(step, total=cfg.steps, peak=cfg.lr, warmup=cfg.warmup_steps, schedule=cfg.schedule)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        arch = sampler.sample()
+        images, labels = stream.next()
+        inputs = data.to_float(images, runtime, channels_last=cfg.channels_last)
+        labels = labels.to(runtime.device)
+
+        logits = model(inputs, arch)
+        loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        # Off-path candidates must get no update (no decay, no momentum): DDP may hand them
+        # zero gradients, so make sure they have none, as the official release does.
+        on_path = {id(p) for p in supernet.path_parameters(arch)}
+        for parameter in supernet.parameters():
+            if id(parameter) not in on_path:
+                parameter.grad = None
+        optimizer.step()
+        step += 1
+
+        window_loss += float(loss) * labels.numel()
+        window_correct += int((logits.argmax(1) == labels).sum())
+        window_images += labels.numel()
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            seconds = window_clock()
+            train_seconds += seconds
+            record = {
+                "step": step,
+                "loss": window_loss / window_images,
+                "train_acc": 100.0 * window_correct / window_images,
+                "lr": lr,
+                "images_per_s": window_images * runtime.world_size / max(seconds, 1e-9),
+                **sampler.stats(),
+            }
+            metrics.write(record)
+            bar.update(0, loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.0f}")
+            window_loss, window_correct, window_images = 0.0, 0, 0
+            window_clock = Stopwatch()
+        bar.update(1)
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+            last_panel = evaluate_panel(step) or last_panel
+            window_clock = Stopwatch()  # panel time is not training time
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            save(step)
+    bar.close()
+
+    last_panel = evaluate_panel(step) or last_panel
+    metrics.close()
+    summary = {
+        "stage": "train-supernet",
+        "space": space.name,
+        "space_version": space.version,
+        "steps": step,
+        "images_seen": step * cfg.batch_size,
+        "train_seconds": round(train_seconds, 2),
+        "images_per_s": round(step * cfg.batch_size / max(train_seconds, 1e-9), 1),
+        "panel_mean_acc": last_panel.get("panel_mean_acc"),
+        "panel_best_acc": last_panel.get("panel_best_acc"),
+        "panel": last_panel.get("panel"),
+        "coverage": sampler.coverage,
+        "sampler": cfg.sampler,
+        "weights_sha256": state_dict_sha256(supernet.state_dict()),
+    }
+    if runtime.is_main:
+        write_json(run_dir / "summary.json", summary)
+    runtime.barrier()
+    return summary
