@@ -14,6 +14,7 @@ import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,7 @@ class Arch(Mapping[str, Value]):
             return NotImplemented
         return (self.space, self.version, self.values) == (other.space, other.version, other.values)
 
-    @property
+    @cached_property
     def key(self) -> str:
         """Canonical short hash: equal architectures have equal keys (search caches use it)."""
         text = json.dumps([self.space, self.version, list(self.values)], separators=(",", ":"))

@@ -31,6 +31,7 @@ __all__ = [
     "register_space",
     "create_space",
     "list_spaces",
+    "iter_options",
 ]
 
 
