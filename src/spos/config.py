@@ -181,6 +181,8 @@ class SearchConfig:
     """Hard constraints; candidates violating one are rejected before evaluation."""
     latency_table: str | None = None
     """Latency lookup table from `spos latency-table` (needed for a latency constraint)."""
+    random_baseline: bool = False
+    """Also run random search with the same evaluation budget (written under baseline/)."""
 
     def validate(self, prefix: str) -> None:
         for name in ("population_size", "generations", "top_k", "recalibrate_images", "batch_size"):

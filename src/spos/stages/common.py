@@ -35,6 +35,8 @@ __all__ = [
     "learning_rate",
     "MetricsLog",
     "write_json",
+    "read_summary",
+    "update_summary",
     "start_run",
 ]
 
@@ -105,19 +107,10 @@ def _load_split(cfg: DataConfig, split: str, *, seed: int) -> spos_data.ArrayDat
         generator = torch.Generator().manual_seed(seed * 1000 + (split == "test"))
         dataset = dataset.subset(torch.randperm(len(dataset), generator=generator)[:limit])
     if cfg.pad_to is not None:
-        dataset = _pad(dataset, cfg.pad_to)
+        dataset = spos_data.ArrayDataset(
+            spos_data.pad_to(dataset.images, cfg.pad_to), dataset.labels, dataset.classes
+        )
     return dataset
-
-
-def _pad(dataset: spos_data.ArrayDataset, size: int) -> spos_data.ArrayDataset:
-    """Zero-pad every image to ``size`` x ``size`` (e.g. Fashion-MNIST 28 -> 32), once."""
-    height, width = dataset.images.shape[-2:]
-    if size < max(height, width):
-        raise ConfigError(f"config field 'data.pad_to' ({size}) is smaller than the images ({height}x{width})")
-    top, left = (size - height) // 2, (size - width) // 2
-    padding = (left, size - width - left, top, size - height - top)
-    images = torch.nn.functional.pad(dataset.images, padding)
-    return spos_data.ArrayDataset(images.contiguous(), dataset.labels, dataset.classes)
 
 
 def prepare_data(config: RunConfig) -> PreparedData:
@@ -235,6 +228,24 @@ class MetricsLog:
 
 def write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    """``summary.json`` of a run: one section per finished stage (empty if none)."""
+    path = Path(run_dir) / "summary.json"
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return {}
+
+
+def update_summary(run_dir: Path, section: str, data: dict[str, Any]) -> None:
+    """Set one stage's section of ``summary.json``, keeping the other stages' sections."""
+    summary = read_summary(run_dir)
+    summary[section] = data
+    write_json(Path(run_dir) / "summary.json", summary)
 
 
 def start_run(config: RunConfig, run_dir: Path, runtime: Runtime) -> None:

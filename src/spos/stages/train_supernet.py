@@ -3,11 +3,12 @@
 Recipe: prepare data and space, build the supernet, resume from ``supernet.ckpt`` if present,
 then for every step sample a path, take an SGD step on it alone, log, evaluate the fixed
 panel now and then, and checkpoint atomically. Writes ``config.yaml``, ``metrics.jsonl``,
-``tensorboard/``, ``supernet.ckpt`` and, at the end, ``summary.json``.
+``tensorboard/``, ``supernet.ckpt`` and, at the end, its ``summary.json`` section.
 
 Resuming is exact on CPU: the checkpoint holds the model, optimiser, sampler (RNG and
 coverage), data stream position and torch RNG, and per-batch augmentation is seeded from the
-batch's position, so a run killed at any moment ends bit-identical to an uninterrupted one.
+batch's position, so a run killed at any moment ends bit-identical to an uninterrupted one. The stage's figures go to the ``supernet``
+section of ``summary.json``.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ from spos.stages.common import (
     make_sgd,
     null_progress,
     prepare_data,
+    read_summary,
     start_run,
-    write_json,
+    update_summary,
 )
 from spos.supernet import Supernet, build_supernet
 
@@ -154,11 +156,9 @@ def run(
         torch.set_rng_state(state["torch_rng"])
         step, train_seconds = int(payload["step"]), float(state["train_seconds"])
         log.info("resuming supernet training from step %d", step)
-        summary_path = run_dir / "summary.json"
-        if step >= cfg.steps and summary_path.exists():
-            import json
-
-            return json.loads(summary_path.read_text())
+        finished = read_summary(run_dir).get("supernet")
+        if step >= cfg.steps and finished is not None:
+            return finished
 
     panel = build_panel(space, seed=config.seed, size=cfg.panel_size)
     scorer = (
@@ -265,7 +265,6 @@ def run(
     last_panel = evaluate_panel(step) or last_panel
     metrics.close()
     summary = {
-        "stage": "train-supernet",
         "space": space.name,
         "space_version": space.version,
         "steps": step,
@@ -280,6 +279,6 @@ def run(
         "weights_sha256": state_dict_sha256(supernet.state_dict()),
     }
     if runtime.is_main:
-        write_json(run_dir / "summary.json", summary)
+        update_summary(run_dir, "supernet", summary)
     runtime.barrier()
     return summary

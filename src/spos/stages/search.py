@@ -1,0 +1,202 @@
+"""Stage 2: evolutionary (or random) search over the trained supernet (SPEC section 4).
+
+Recipe: load the supernet checkpoint (refusing another space), build the cost model and the
+hard constraints, prepare the fixed recalibration and validation batches once, then run the
+strategy generation by generation, saving its state after each one so a killed search
+resumes to the same result. Candidates are scored in shards across ranks under torchrun.
+Writes ``arch.json`` (best), ``history.jsonl``, ``pareto.json``, ``search_state.json`` and
+the ``search`` section of ``summary.json``; with ``search.random_baseline`` also the random-search baseline with
+the same evaluation budget under ``baseline/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spos.arch import Arch, atomic_write_text
+from spos.checkpoint import check_space, load_checkpoint, state_dict_sha256
+from spos.config import RunConfig
+from spos.cost import CostModel, build_constraints
+from spos.dist import Runtime
+from spos.errors import CheckpointError
+from spos.evolution import create_strategy, pareto_front
+from spos.space import make_rng
+from spos.stages.common import (
+    ProgressFactory,
+    Stopwatch,
+    build_space,
+    null_progress,
+    prepare_data,
+    start_run,
+    update_summary,
+    write_json,
+)
+from spos.stages.train_supernet import CHECKPOINT_NAME, build_scorer
+from spos.supernet import build_supernet
+
+__all__ = ["run"]
+
+log = logging.getLogger(__name__)
+
+
+def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
+    atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in history))
+
+
+def _search_one(
+    name: str,
+    *,
+    config: RunConfig,
+    space,
+    score_many,
+    costs_of,
+    is_feasible,
+    out_dir: Path,
+    fingerprint: str,
+    runtime: Runtime,
+    progress: ProgressFactory,
+) -> dict[str, Any]:
+    """Run (or resume) one strategy and write its files under ``out_dir``."""
+    cfg = config.search
+    strategy = create_strategy(
+        name,
+        space,
+        score_many,
+        is_feasible=is_feasible,
+        rng=make_rng(config.seed, f"search-{name}"),
+        population_size=cfg.population_size,
+        generations=cfg.generations,
+        top_k=cfg.top_k,
+        mutation_count=cfg.mutation_count,
+        mutation_prob=cfg.mutation_prob,
+        crossover_count=cfg.crossover_count,
+    )
+    state_path = out_dir / "search_state.json"
+    if state_path.exists():
+        try:
+            saved = json.loads(state_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{state_path} is corrupted ({exc}); delete it to restart the search") from None
+        if saved.get("supernet") != fingerprint or saved.get("strategy") != name:
+            raise CheckpointError(
+                f"{state_path} belongs to another supernet or strategy; delete it (or use a new "
+                "run directory) to search this supernet"
+            )
+        strategy.load_state_dict(saved["state"])
+        log.info("resuming %s search at generation %d", name, strategy.generation)
+
+    clock = Stopwatch()
+    bar = (
+        progress(total=cfg.generations, initial=strategy.generation, description=f"search ({name})")
+        if runtime.is_main
+        else null_progress(total=cfg.generations)
+    )
+    while not strategy.done:
+        result = strategy.step()
+        scores = list(result.scores)
+        mean = sum(scores) / len(scores) if scores else float("nan")
+        if runtime.is_main:
+            atomic_write_text(
+                state_path,
+                json.dumps({"strategy": name, "supernet": fingerprint, "state": strategy.state_dict()}),
+            )
+        bar.update(1, best=f"{result.best_score:.2f}", mean=f"{mean:.2f}", evals=result.evaluations)
+    bar.close()
+
+    best_arch, best_score = strategy.best
+    history = []
+    for record in strategy.history:
+        arch = space.arch(record["arch"])
+        history.append({**record, **costs_of(arch)})
+    front = pareto_front([(record["flops"], record["score"]) for record in history])
+    summary = {
+        "strategy": name,
+        "best_score": best_score,
+        "best_arch": best_arch.short(),
+        "best_costs": costs_of(best_arch),
+        "evaluations": len(history),
+        "generations": strategy.generation,
+        "seconds": round(clock(), 2),
+    }
+    if runtime.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        best_arch.save(out_dir / "arch.json", score=best_score, costs=costs_of(best_arch), strategy=name)
+        _write_history(out_dir / "history.jsonl", history)
+        write_json(out_dir / "pareto.json", {"x": "flops", "y": "score", "front": [history[i] for i in front]})
+    return summary
+
+
+def run(
+    config: RunConfig,
+    run_dir: Path,
+    *,
+    runtime: Runtime,
+    progress: ProgressFactory = null_progress,
+    supernet_path: Path | None = None,
+) -> dict[str, Any]:
+    """Search the supernet of ``run_dir`` (or ``supernet_path``); return the summary."""
+    cfg = config.search
+    run_dir = Path(run_dir)
+    checkpoint_path = Path(supernet_path) if supernet_path else run_dir / CHECKPOINT_NAME
+    payload = load_checkpoint(checkpoint_path, kind="supernet", map_location="cpu")
+    start_run(config, run_dir, runtime)
+    data = prepare_data(config)
+    space = check_space(payload, build_space(config, data), path=checkpoint_path)
+
+    supernet = build_supernet(space)
+    supernet.load_state_dict(payload["state"]["model"])
+    fingerprint = state_dict_sha256(supernet.state_dict())
+    supernet = supernet.to(runtime.device)
+    if config.supernet.channels_last:
+        supernet = supernet.to(memory_format=torch.channels_last)
+    supernet.eval()
+
+    costs = CostModel.from_space(space)
+    constraints = build_constraints(cfg.constraints, costs=costs, latency_table=cfg.latency_table)
+    scorer = build_scorer(
+        supernet,
+        data,
+        runtime,
+        seed=config.seed,
+        recalibrate_images=cfg.recalibrate_images,
+        val_images=cfg.val_images,
+        batch_size=cfg.batch_size,
+        channels_last=config.supernet.channels_last,
+    )
+    cache: dict[str, float] = {}  # shared by the strategy and its baseline: one score per arch
+
+    def score_many(archs: list[Arch]) -> list[float]:
+        todo = [arch for arch in archs if arch.key not in cache]
+        mine = {arch.key: scorer.score(arch) for arch in todo[runtime.rank :: runtime.world_size]}
+        for shard in runtime.all_gather_objects(mine):
+            cache.update(shard)
+        return [cache[arch.key] for arch in archs]
+
+    def costs_of(arch: Arch) -> dict[str, float]:
+        return constraints.costs(arch)
+
+    common = dict(
+        config=config,
+        space=space,
+        score_many=score_many,
+        costs_of=costs_of,
+        is_feasible=constraints.is_feasible,
+        fingerprint=fingerprint,
+        runtime=runtime,
+        progress=progress,
+    )
+    result = _search_one(cfg.strategy, out_dir=run_dir, **common)
+    summary: dict[str, Any] = {"stage": "search", **result, "constraints": constraints.describe()}
+    if cfg.random_baseline and cfg.strategy != "random":
+        baseline = _search_one("random", out_dir=run_dir / "baseline", **common)
+        summary["baseline"] = baseline
+        summary["beats_baseline"] = result["best_score"] >= baseline["best_score"]
+    if runtime.is_main:
+        update_summary(run_dir, "search", summary)
+    runtime.barrier()
+    return summary
