@@ -1,0 +1,316 @@
+"""Cost model: FLOPs and parameter tables built once per search space (SPEC sections 2, 4).
+
+Search checks hard constraints on thousands of candidates before evaluating any of them, so
+the cost of an architecture must be a table lookup, not a model build. :class:`CostModel`
+holds one number per ``(layer, option)`` and metric plus a fixed part (stem and head, which
+every path shares); the cost of an architecture is the fixed part plus one lookup per choice
+(microseconds).
+
+Conventions (say which one a number uses):
+
+* ``flops``: multiply-accumulates of convolution and linear layers, forward pass, batch 1
+  (BN, ReLU, pooling and concatenation are free). This is the paper's "FLOPs": 322,918,720
+  for the released ImageNet architecture.
+* ``params``: parameters of convolution and linear layers (the paper's 3.53M convention).
+* ``params_total``: every parameter of the standalone child network, whose BN is affine
+  (3,558,464 for the released architecture).
+
+Tables are measured, not derived by hand: each candidate module runs once at its real input
+shape under :class:`torch.utils.flop_counter.FlopCounterMode` (which counts ``2 x MACs`` for
+convolutions, grouped and depthwise included, and matrix products). The table serialises to
+a JSON-able dict (:meth:`CostModel.to_dict`); a latency lookup table measured on a device
+uses the same format with a ``latency_ms`` metric.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
+from torch.utils.flop_counter import FlopCounterMode
+
+from spos.arch import Arch, Value
+from spos.errors import ArchError, ConfigError
+from spos.space import SearchSpace
+
+__all__ = ["COST_FORMAT", "METRICS", "CostModel", "module_costs"]
+
+COST_FORMAT = "spos.cost_table"
+COST_FORMAT_VERSION = 1
+
+#: The metrics :meth:`CostModel.from_space` measures.
+METRICS = ("flops", "params", "params_total")
+
+Number = int | float
+
+
+def _conv_linear_parameters(module: nn.Module) -> int:
+    return sum(
+        parameter.numel()
+        for submodule in module.modules()
+        if isinstance(submodule, (nn.modules.conv._ConvNd, nn.Linear))
+        for parameter in submodule.parameters(recurse=False)
+    )
+
+
+def _total_parameters(module: nn.Module) -> int:
+    """All parameters, counting every non-affine norm layer as affine (as in the child)."""
+    total = sum(parameter.numel() for parameter in module.parameters())
+    for submodule in module.modules():
+        if isinstance(submodule, _NormBase) and not submodule.affine:
+            total += 2 * submodule.num_features
+    return total
+
+
+@torch.no_grad()
+def module_costs(module: nn.Module, *inputs: torch.Tensor) -> dict[str, int]:
+    """``flops``, ``params`` and ``params_total`` of ``module`` run on ``inputs``.
+
+    FLOPs are ``FlopCounterMode``'s forward count divided by two (multiply-accumulates) and
+    scale with the batch size of ``inputs``; give batch-1 inputs for per-image numbers.
+    """
+    was_training = module.training
+    module.eval()
+    try:
+        with FlopCounterMode(display=False) as counter:
+            module(*(tensor.clone() for tensor in inputs))
+    finally:
+        module.train(was_training)
+    return {
+        "flops": int(counter.get_total_flops()) // 2,
+        "params": _conv_linear_parameters(module),
+        "params_total": _total_parameters(module),
+    }
+
+
+def _covering_archs(space: SearchSpace) -> list[Arch]:
+    """A few architectures that together use every option of every choice."""
+    width = max(len(choice.options) for choice in space.choices)
+    return [
+        space.arch([choice.options[i % len(choice.options)] for choice in space.choices])
+        for i in range(width)
+    ]
+
+
+class CostModel:
+    """Per-``(layer, option)`` cost tables of one search space.
+
+    Build it once with :meth:`from_space` (or :meth:`from_dict`); then :meth:`flops`,
+    :meth:`params`, :meth:`params_total`, :meth:`cost` and :meth:`costs` are table lookups.
+
+    Args:
+        space_name: Name of the space the tables describe.
+        space_version: Version of that space.
+        metrics: Names of the metrics, e.g. ``("flops", "params", "params_total")``.
+        fixed: Cost every path pays (stem, head), per metric.
+        layers: ``(label, {option: {metric: cost}})`` for every choice, in the space's order.
+    """
+
+    def __init__(
+        self,
+        *,
+        space_name: str,
+        space_version: int,
+        metrics: Sequence[str],
+        fixed: Mapping[str, Number],
+        layers: Sequence[tuple[str, Mapping[Value, Mapping[str, Number]]]],
+    ) -> None:
+        self.space_name = space_name
+        self.space_version = int(space_version)
+        self.metrics = tuple(metrics)
+        missing = [metric for metric in self.metrics if metric not in fixed]
+        if missing:
+            raise ConfigError(f"cost table has no fixed cost for metric(s) {missing}")
+        self.fixed = {metric: fixed[metric] for metric in self.metrics}
+        self.labels = tuple(label for label, _ in layers)
+        self.layers = tuple(
+            (label, {option: dict(costs) for option, costs in options.items()})
+            for label, options in layers
+        )
+        # One {option: cost} dict per choice and metric: a lookup is 20 dict hits.
+        self._tables: dict[str, tuple[dict[Value, Number], ...]] = {}
+        for metric in self.metrics:
+            try:
+                self._tables[metric] = tuple(
+                    {option: costs[metric] for option, costs in options.items()}
+                    for _, options in self.layers
+                )
+            except KeyError:
+                raise ConfigError(f"cost table lacks metric {metric!r} for some option") from None
+
+    # ----------------------------------------------------------------- building
+    @classmethod
+    def from_space(cls, space: SearchSpace) -> CostModel:
+        """Measure the tables of ``space``.
+
+        The supernet is built on the ``meta`` device, so no weight is allocated and no
+        convolution runs: shapes flow through the real modules and ``FlopCounterMode`` counts
+        from them (about a second for the ImageNet space).
+        """
+        from spos.supernet import build_supernet
+
+        with torch.device("meta"):
+            supernet = build_supernet(space)
+        sample = torch.zeros((1, *supernet.input_shape), device="meta")
+
+        # Capture the input of every path module: run a few covering paths with hooks.
+        inputs: dict[tuple[str, Value | None], tuple[nn.Module, tuple[torch.Tensor, ...]]] = {}
+        labels = set(space.labels)
+        supernet.eval()
+        for arch in _covering_archs(space):
+            handles = []
+            for key, module in supernet.path_modules(arch):
+                slot = (key, arch[key] if key in labels else None)
+
+                def capture(_module: nn.Module, args: tuple, slot=slot, module=module) -> None:
+                    tensors = tuple(a.detach() for a in args if torch.is_tensor(a))
+                    inputs.setdefault(slot, (module, tensors))
+
+                handles.append(module.register_forward_pre_hook(capture))
+            try:
+                with torch.no_grad():
+                    supernet(sample, arch)
+            finally:
+                for handle in handles:
+                    handle.remove()
+
+        fixed = dict.fromkeys(METRICS, 0)
+        layers: dict[str, dict[Value, dict[str, int]]] = {label: {} for label in space.labels}
+        for (key, option), (module, tensors) in inputs.items():
+            costs = module_costs(module, *tensors)
+            if option is None:
+                for metric in METRICS:
+                    fixed[metric] += costs[metric]
+            else:
+                layers[key][option] = costs
+        return cls(
+            space_name=space.name,
+            space_version=space.version,
+            metrics=METRICS,
+            fixed=fixed,
+            layers=[(c.label, {o: layers[c.label][o] for o in c.options}) for c in space.choices],
+        )
+
+    # ----------------------------------------------------------------- lookups
+    def cost(self, arch: Arch, metric: str) -> Number:
+        """Cost of ``arch`` in ``metric`` (fixed part plus one table entry per choice)."""
+        if arch.space != self.space_name or arch.version != self.space_version:
+            raise ArchError(
+                f"architecture is for space {arch.space!r} v{arch.version}; this cost model "
+                f"describes {self.space_name!r} v{self.space_version}"
+            )
+        try:
+            tables = self._tables[metric]
+        except KeyError:
+            raise ConfigError(
+                f"unknown cost metric {metric!r}; this cost model has {list(self.metrics)}"
+            ) from None
+        total = self.fixed[metric]
+        try:
+            for table, (_, value) in zip(tables, arch.values, strict=True):
+                total += table[value]
+        except (KeyError, ValueError):
+            raise ArchError(
+                f"architecture {arch.short()} does not match the cost table of {self.space_name!r}"
+            ) from None
+        return total
+
+    def flops(self, arch: Arch) -> int:
+        """Conv + linear multiply-accumulates of ``arch`` (batch 1)."""
+        return int(self.cost(arch, "flops"))
+
+    def params(self, arch: Arch) -> int:
+        """Conv + linear parameters of ``arch`` (the paper's convention)."""
+        return int(self.cost(arch, "params"))
+
+    def params_total(self, arch: Arch) -> int:
+        """Every parameter of the standalone child network of ``arch`` (affine BN)."""
+        return int(self.cost(arch, "params_total"))
+
+    def costs(self, arch: Arch) -> dict[str, Number]:
+        """Every metric of ``arch``: ``{"flops": ..., "params": ..., "params_total": ...}``."""
+        return {metric: self.cost(arch, metric) for metric in self.metrics}
+
+    def bounds(self, metric: str) -> tuple[Number, Number]:
+        """Smallest and largest cost of any architecture of the space in ``metric``."""
+        if metric not in self._tables:
+            raise ConfigError(
+                f"unknown cost metric {metric!r}; this cost model has {list(self.metrics)}"
+            )
+        tables = self._tables[metric]
+        low = self.fixed[metric] + sum(min(table.values()) for table in tables)
+        high = self.fixed[metric] + sum(max(table.values()) for table in tables)
+        return low, high
+
+    # ----------------------------------------------------------------- serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form; :meth:`from_dict` rebuilds an equal model."""
+        return {
+            "format": COST_FORMAT,
+            "format_version": COST_FORMAT_VERSION,
+            "space": self.space_name,
+            "space_version": self.space_version,
+            "metrics": list(self.metrics),
+            "fixed": dict(self.fixed),
+            "layers": [
+                {
+                    "label": label,
+                    "options": [{"value": option, **costs} for option, costs in options.items()],
+                }
+                for label, options in self.layers
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CostModel:
+        """Rebuild a model written by :meth:`to_dict`.
+
+        Raises:
+            ConfigError: If ``data`` is not a cost table or is malformed.
+        """
+        if not isinstance(data, Mapping) or data.get("format") != COST_FORMAT:
+            raise ConfigError(f"not an spos cost table (expected 'format': {COST_FORMAT!r})")
+        if int(data.get("format_version", 0)) > COST_FORMAT_VERSION:
+            raise ConfigError(
+                f"cost table format_version {data['format_version']} is newer than this spos "
+                f"understands ({COST_FORMAT_VERSION}); upgrade spos"
+            )
+        try:
+            metrics = [str(m) for m in data["metrics"]]
+            layers = [
+                (
+                    str(layer["label"]),
+                    {
+                        option["value"]: {m: option[m] for m in metrics}
+                        for option in layer["options"]
+                    },
+                )
+                for layer in data["layers"]
+            ]
+            return cls(
+                space_name=str(data["space"]),
+                space_version=int(data["space_version"]),
+                metrics=metrics,
+                fixed={m: data["fixed"][m] for m in metrics},
+                layers=layers,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"malformed cost table (missing or bad {exc})") from None
+
+    def check_space(self, space: SearchSpace) -> None:
+        """Raise :class:`ConfigError` unless the tables cover exactly the choices of ``space``."""
+        if (space.name, space.version) != (self.space_name, self.space_version):
+            raise ConfigError(
+                f"cost table is for space {self.space_name!r} v{self.space_version}, not "
+                f"{space.name!r} v{space.version}; rebuild it with CostModel.from_space"
+            )
+        expected: Iterable[tuple[str, set]] = ((c.label, set(c.options)) for c in space.choices)
+        actual = [(label, set(options)) for label, options in self.layers]
+        if list(expected) != actual:
+            raise ConfigError(
+                f"cost table of {self.space_name!r} does not cover the space's choices; "
+                "rebuild it with CostModel.from_space"
+            )

@@ -1,0 +1,193 @@
+"""The supernet base class and the model-family registry (SPEC sections 2, 3).
+
+A :class:`Supernet` holds every candidate of every choice and runs one path per call:
+``supernet(x, arch)``. The architecture is an argument, never hidden state, so the same module
+serves training (a fresh uniform path per step), BN recalibration and evaluation of search
+candidates, and several threads or ranks can use it without coordinating.
+
+Each search-space *family* (``SearchSpace.family``) registers how to build its supernet and its
+standalone child network with :func:`register_family`; :func:`build_supernet` and
+:func:`spos.childnet.build_child` dispatch on it. The built-in families live in
+:mod:`spos.spaces` and are imported lazily the first time a family is looked up.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from spos.arch import Arch
+from spos.errors import ArchError, ConfigError
+from spos.space import SearchSpace
+
+__all__ = [
+    "Family",
+    "Supernet",
+    "build_supernet",
+    "get_family",
+    "list_families",
+    "register_family",
+]
+
+#: Modules that register the built-in families when imported (add new families here).
+_BUILTIN_FAMILY_MODULES = ("spos.spaces.shufflenet",)
+
+
+class Supernet(nn.Module):
+    """Base class of every supernet: all candidates, one path per call.
+
+    Subclasses build their modules in ``__init__``, implement :meth:`forward` and
+    :meth:`path_modules`; :meth:`path_parameters` and :meth:`path_batchnorms` follow.
+
+    Attributes:
+        space: The search space this supernet implements.
+    """
+
+    def __init__(self, space: SearchSpace) -> None:
+        super().__init__()
+        self.space = space
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input sample, e.g. ``(3, 224, 224)`` (from the space layout)."""
+        layout = self.space.layout
+        return (int(layout["in_channels"]), int(layout["input_size"]), int(layout["input_size"]))
+
+    def forward(self, x: Tensor, arch: Arch) -> Tensor:  # pragma: no cover - abstract
+        """Run the path ``arch`` on the batch ``x`` and return the logits."""
+        raise NotImplementedError
+
+    def path_modules(self, arch: Arch) -> list[tuple[str, nn.Module]]:  # pragma: no cover
+        """The modules the path ``arch`` runs, in forward order, each with its layer key.
+
+        The key is the choice label for a candidate module and a fixed name (``"stem"``,
+        ``"head"``) for modules every path shares. Cost tables
+        (:class:`spos.cost.CostModel`) and weight inheritance
+        (:func:`spos.childnet.inherit_weights`) are built from this list.
+        """
+        raise NotImplementedError
+
+    def check_arch(self, arch: Arch) -> None:
+        """Cheap check that ``arch`` names this supernet's space (no per-value validation)."""
+        if arch.space != self.space.name or arch.version != self.space.version:
+            raise ArchError(
+                f"architecture is for space {arch.space!r} v{arch.version} but this supernet "
+                f"implements {self.space.name!r} v{self.space.version}"
+            )
+        if len(arch.values) != len(self.space.choices):
+            raise ArchError(
+                f"architecture has {len(arch.values)} values; space {self.space.name!r} "
+                f"has {len(self.space.choices)} choices"
+            )
+
+    def path_parameters(self, arch: Arch) -> list[nn.Parameter]:
+        """Every parameter the path ``arch`` uses (shared stem/head and chosen candidates).
+
+        After ``loss.backward()`` on ``supernet(x, arch)`` exactly these parameters have a
+        gradient; every other one keeps ``grad is None`` (with ``zero_grad(set_to_none=True)``),
+        so the optimiser neither decays nor moves them (SPEC section 3).
+        """
+        seen: set[int] = set()
+        parameters: list[nn.Parameter] = []
+        for _, module in self.path_modules(arch):
+            for parameter in module.parameters():
+                if id(parameter) not in seen:
+                    seen.add(id(parameter))
+                    parameters.append(parameter)
+        return parameters
+
+    def path_batchnorms(self, arch: Arch) -> list[_BatchNorm]:
+        """Every BatchNorm on the path ``arch``, in forward order (for BN recalibration)."""
+        seen: set[int] = set()
+        batchnorms: list[_BatchNorm] = []
+        for _, module in self.path_modules(arch):
+            for submodule in module.modules():
+                if isinstance(submodule, _BatchNorm) and id(submodule) not in seen:
+                    seen.add(id(submodule))
+                    batchnorms.append(submodule)
+        return batchnorms
+
+
+@dataclass(frozen=True)
+class Family:
+    """How to build the models of one search-space family.
+
+    Attributes:
+        name: The ``SearchSpace.family`` value it serves.
+        supernet: ``supernet(space) -> Supernet``.
+        child: ``child(space, arch) -> nn.Module``: the standalone network of one path, with
+            affine BatchNorm, whose stateful layers come in the same order as
+            ``Supernet.path_modules(arch)`` (so weights can be inherited).
+    """
+
+    name: str
+    supernet: Callable[[SearchSpace], Supernet]
+    child: Callable[[SearchSpace, Arch], nn.Module]
+
+
+_FAMILIES: dict[str, Family] = {}
+
+
+def register_family(
+    name: str,
+    *,
+    supernet: Callable[[SearchSpace], Supernet],
+    child: Callable[[SearchSpace, Arch], nn.Module],
+) -> Family:
+    """Register the supernet and child builders of the family ``name``.
+
+    Args:
+        name: The ``SearchSpace.family`` value the builders serve.
+        supernet: ``supernet(space) -> Supernet``.
+        child: ``child(space, arch) -> nn.Module``.
+
+    Returns:
+        The registered :class:`Family`.
+
+    Raises:
+        ConfigError: If different builders are already registered under ``name``.
+    """
+    family = Family(name, supernet, child)
+    if name in _FAMILIES and _FAMILIES[name] != family:
+        raise ConfigError(f"a model family named {name!r} is already registered")
+    _FAMILIES[name] = family
+    return family
+
+
+def _load_builtins() -> None:
+    for module in _BUILTIN_FAMILY_MODULES:
+        importlib.import_module(module)
+
+
+def list_families() -> list[str]:
+    """Names of every registered family, sorted."""
+    _load_builtins()
+    return sorted(_FAMILIES)
+
+
+def get_family(name: str) -> Family:
+    """The registered family ``name``.
+
+    Raises:
+        ConfigError: If no family of that name is registered (the message lists them).
+    """
+    _load_builtins()
+    if name not in _FAMILIES:
+        raise ConfigError(
+            f"unknown model family {name!r}; known families: {sorted(_FAMILIES)} "
+            "(register one with spos.supernet.register_family)"
+        )
+    return _FAMILIES[name]
+
+
+def build_supernet(space: SearchSpace) -> Supernet:
+    """Build the supernet of ``space`` through its family's builder.
+
+    Raises:
+        ConfigError: If the space's family is unknown or its layout is invalid.
+    """
+    return get_family(space.family).supernet(space)
