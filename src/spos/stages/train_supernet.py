@@ -106,10 +106,14 @@ def run(
     cfg = config.supernet
     run_dir = Path(run_dir)
     checkpoint_path = run_dir / CHECKPOINT_NAME
-    start_run(config, run_dir, runtime)
-
     data = prepare_data(config)
     space = build_space(config, data)
+    # Check an existing checkpoint before writing anything, so a bad one costs nothing.
+    payload = None
+    if checkpoint_path.exists():
+        payload = load_checkpoint(checkpoint_path, kind="supernet", map_location=runtime.device)
+        check_space(payload, space, path=checkpoint_path)
+    start_run(config, run_dir, runtime)
     torch.manual_seed(seed_from(config.seed, "supernet-init"))
     supernet = build_supernet(space).to(runtime.device)
     if cfg.channels_last:
@@ -119,9 +123,10 @@ def run(
         supernet, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
     )
     costs = CostModel.from_space(space)
+    low, high = costs.bounds("flops")
     flops_range = (
-        cfg.flops_min if cfg.flops_min is not None else costs.min_flops(),
-        cfg.flops_max if cfg.flops_max is not None else costs.max_flops(),
+        cfg.flops_min if cfg.flops_min is not None else low,
+        cfg.flops_max if cfg.flops_max is not None else high,
     )
     sampler = create_sampler(
         cfg.sampler,
@@ -145,9 +150,7 @@ def run(
     )
 
     step, train_seconds = 0, 0.0
-    if checkpoint_path.exists():
-        payload = load_checkpoint(checkpoint_path, kind="supernet", map_location=runtime.device)
-        check_space(payload, space, path=checkpoint_path)
+    if payload is not None:
         state = payload["state"]
         supernet.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -219,7 +222,7 @@ def run(
         for group in optimizer.param_groups:
             group["lr"] = lr
         arch = sampler.sample()
-        images, labels = stream.next()
+        images, labels = next(stream)
         inputs = data.to_float(images, runtime, channels_last=cfg.channels_last)
         labels = labels.to(runtime.device)
 
@@ -236,7 +239,7 @@ def run(
         optimizer.step()
         step += 1
 
-        window_loss += float(loss) * labels.numel()
+        window_loss += float(loss.detach()) * labels.numel()
         window_correct += int((logits.argmax(1) == labels).sum())
         window_images += labels.numel()
         if step % cfg.log_every == 0 or step == cfg.steps:

@@ -1,0 +1,128 @@
+"""Supernet stage end to end on tiny synthetic data (SPEC section 3, issue: foundation).
+
+The kill-and-resume property is tested for real: a subprocess is SIGKILLed mid-run and the
+same command is rerun; its final weights must be bit-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from spos.config import load_config
+from spos.dist import Runtime
+from spos.stages import train_supernet
+from tests.conftest import ROOT, SMOKE, run_cli
+
+OVERRIDES = ["supernet.steps=40", "supernet.checkpoint_every=5", "supernet.eval_every=20"]
+
+
+def _metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("reference")
+    config = load_config(SMOKE, OVERRIDES)
+    summary = train_supernet.run(config, run_dir, runtime=Runtime.from_env("cpu", threads=2))
+    return run_dir, summary
+
+
+def test_supernet_learns_and_records_coverage(reference_run):
+    run_dir, summary = reference_run
+    train_lines = [m for m in _metrics(run_dir) if "loss" in m]
+    panel_lines = [m for m in _metrics(run_dir) if "panel_mean_acc" in m]
+    first, last = train_lines[0]["loss"], train_lines[-1]["loss"]
+    assert last < first - 0.3, (first, last)
+    assert [m["step"] for m in panel_lines] == [20, 40]
+    assert panel_lines[-1]["panel_mean_acc"] > 30.0  # 10 classes: chance is 10%
+    coverage = summary["coverage"]
+    assert len(coverage) == 20
+    assert all(sum(options.values()) == 40 for options in coverage.values())
+    assert json.loads((run_dir / "summary.json").read_text())["supernet"]["weights_sha256"] == summary["weights_sha256"]
+    assert (run_dir / "config.yaml").exists() and (run_dir / "supernet.ckpt").exists()
+
+
+def test_rerun_of_a_finished_run_does_nothing(reference_run):
+    run_dir, summary = reference_run
+    before = (run_dir / "supernet.ckpt").stat().st_mtime_ns
+    config = load_config(SMOKE, OVERRIDES)
+    again = train_supernet.run(config, run_dir, runtime=Runtime.from_env("cpu", threads=2))
+    assert again["weights_sha256"] == summary["weights_sha256"]
+    assert (run_dir / "supernet.ckpt").stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_bit_identical(reference_run, tmp_path):
+    _, summary = reference_run
+    run_dir = tmp_path / "killed"
+    command = [sys.executable, "-m", "spos", "train-supernet", "--config", str(SMOKE), "--out", str(run_dir), *OVERRIDES]
+    kills = 0
+    for delay in (0.4, 0.9):  # kill once mid-step early on, once later
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        checkpoint = run_dir / "supernet.ckpt"
+        deadline = time.monotonic() + 120
+        start_mtime = checkpoint.stat().st_mtime_ns if checkpoint.exists() else 0
+        while time.monotonic() < deadline and process.poll() is None:
+            if checkpoint.exists() and checkpoint.stat().st_mtime_ns != start_mtime:
+                time.sleep(delay)  # somewhere between two checkpoints
+                break
+            time.sleep(0.02)
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            kills += 1
+        process.wait()
+    assert kills >= 1
+    finished = run_cli("train-supernet", "--config", str(SMOKE), "--out", str(run_dir), *OVERRIDES)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    resumed = json.loads((run_dir / "summary.json").read_text())["supernet"]
+    assert resumed["weights_sha256"] == summary["weights_sha256"]
+    steps = [m["step"] for m in _metrics(run_dir) if "loss" in m]
+    assert steps == sorted(set(steps))  # no duplicated log lines after resumes
+
+
+def _assert_clean_error(result, *needles):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("spos: error:")]
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_bad_config_value_is_one_clear_error(tmp_path):
+    result = run_cli("train-supernet", "--config", str(SMOKE), "--out", str(tmp_path / "r"), "supernet.lr=-1")
+    _assert_clean_error(result, "'supernet.lr'", "positive")
+
+
+def test_missing_data_is_one_clear_error(tmp_path):
+    result = run_cli(
+        "train-supernet", "--config", str(SMOKE), "--out", str(tmp_path / "r"),
+        "data.dataset=fashion_mnist", f"data.root={tmp_path / 'nowhere'}",
+    )
+    _assert_clean_error(result, str(tmp_path / "nowhere"))
+
+
+def test_corrupted_checkpoint_is_one_clear_error_and_is_kept(tmp_path):
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "supernet.ckpt").write_bytes(b"\x80\x04garbage")
+    result = run_cli("train-supernet", "--config", str(SMOKE), "--out", str(run_dir))
+    _assert_clean_error(result, "supernet.ckpt", "corrupted")
+    assert (run_dir / "supernet.ckpt").read_bytes() == b"\x80\x04garbage"  # nothing lost
+
+
+def test_checkpoint_of_another_space_is_refused(reference_run, tmp_path):
+    run_dir, _ = reference_run
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "supernet.ckpt").write_bytes((run_dir / "supernet.ckpt").read_bytes())
+    result = run_cli("train-supernet", "--config", str(SMOKE), "--out", str(other), "space.name=shufflenet_imagenet")
+    _assert_clean_error(result, "shufflenet_cifar", "shufflenet_imagenet")
