@@ -67,6 +67,24 @@ def _cmd_train_supernet(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_search(args: argparse.Namespace) -> int:
+    from spos.stages import search
+
+    config = _resolve_config(args)
+    runtime = _runtime(config)
+    summary = search.run(
+        config, Path(args.out), runtime=runtime, progress=_TqdmProgress, supernet_path=args.supernet
+    )
+    if runtime.is_main:
+        line = f"search ({summary['strategy']}): best {summary['best_score']:.2f}% {summary['best_costs']}"
+        if "baseline" in summary:
+            line += f"; random baseline best {summary['baseline']['best_score']:.2f}%"
+        print(line)
+        print(f"architecture written to {Path(args.out) / 'arch.json'}")
+    runtime.close()
+    return 0
+
+
 def _cmd_cost(args: argparse.Namespace) -> int:
     from spos.config import apply_overrides
     from spos.cost import CostModel
@@ -110,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     stage("train-supernet", "train a supernet with uniform single-path sampling", _cmd_train_supernet)
+    p = stage("search", "evolutionary search under constraints over a trained supernet", _cmd_search)
+    p.add_argument("--supernet", type=Path, default=None, help="supernet checkpoint (default: RUN_DIR/supernet.ckpt)")
 
     p = sub.add_parser("cost", help="FLOPs and params of an architecture")
     p.add_argument("--space", required=True, help="search space name (see `spos spaces`)")

@@ -167,6 +167,9 @@ class SearchSpace:
                 f"known keys: {sorted(self.layout)}"
             )
         layout = {**_thaw(self.layout), **updates}
+        _load_builtins()
+        if self.name in _REGISTRY:  # let the factory rebuild choices that depend on the layout
+            return _REGISTRY[self.name](**layout)
         return SearchSpace(self.name, self.version, self.family, self.choices, layout)
 
     # ----------------------------------------------------------------- architectures
@@ -277,13 +280,18 @@ class SearchSpace:
         return self.arch(values)
 
 
-_REGISTRY: dict[str, Callable[[], SearchSpace]] = {}
+SpaceFactory = Callable[..., SearchSpace]
+_REGISTRY: dict[str, SpaceFactory] = {}
 
 
-def register_space(name: str) -> Callable[[Callable[[], SearchSpace]], Callable[[], SearchSpace]]:
-    """Decorator registering a zero-argument space factory under ``name``."""
+def register_space(name: str) -> Callable[[SpaceFactory], SpaceFactory]:
+    """Decorator registering a space factory under ``name``.
 
-    def decorator(factory: Callable[[], SearchSpace]) -> Callable[[], SearchSpace]:
+    The factory takes layout keys as keyword arguments (all optional) and rebuilds the choices
+    from them, so structural keys such as ``stage_repeats`` stay consistent with the choices.
+    """
+
+    def decorator(factory: SpaceFactory) -> SpaceFactory:
         if name in _REGISTRY and _REGISTRY[name] is not factory:
             raise ConfigError(f"a search space named {name!r} is already registered")
         _REGISTRY[name] = factory
@@ -307,8 +315,13 @@ def create_space(name: str, **layout_updates: Any) -> SearchSpace:
     _load_builtins()
     if name not in _REGISTRY:
         raise ConfigError(f"unknown search space {name!r}; known spaces: {list_spaces()}")
-    space = _REGISTRY[name]()
-    return space.with_layout(**layout_updates) if layout_updates else space
+    default = _REGISTRY[name]()
+    unknown = set(layout_updates) - set(default.layout)
+    if unknown:
+        raise ConfigError(
+            f"space {name!r} has no layout key(s) {sorted(unknown)}; known keys: {sorted(default.layout)}"
+        )
+    return _REGISTRY[name](**layout_updates) if layout_updates else default
 
 
 def iter_options(space: SearchSpace) -> Iterable[tuple[str, Value]]:

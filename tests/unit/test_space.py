@@ -114,3 +114,13 @@ def test_choice_validation():
         Choice("x", ("a", "a"))
     with pytest.raises(ConfigError, match="no options"):
         Choice("x", ())
+
+
+def test_structural_layout_overrides_rebuild_the_choices():
+    space = create_space("shufflenet_cifar", stage_repeats=[1, 1, 2, 1])
+    assert len(space.choices) == 5 and space.size() == 4**5
+    assert len(create_space("shufflenet_cifar").with_layout(stage_repeats=[2, 2, 2, 2]).choices) == 8
+    with pytest.raises(ConfigError, match="same length"):
+        create_space("shufflenet_cifar", stage_repeats=[1, 1])
+    with pytest.raises(ConfigError, match="no layout key"):
+        create_space("shufflenet_cifar", colour=1)

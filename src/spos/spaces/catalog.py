@@ -6,6 +6,9 @@ family's model builder needs. Keep this module free of torch: search and its tes
 
 from __future__ import annotations
 
+from typing import Any
+
+from spos.errors import ConfigError
 from spos.space import Choice, SearchSpace, register_space
 
 __all__ = ["SHUFFLE_CANDIDATES", "OFFICIAL_REFERENCE_ARCH", "shufflenet_space"]
@@ -33,6 +36,11 @@ def shufflenet_space(
     version: int = 1,
 ) -> SearchSpace:
     """A ShuffleNetV2 block-choice space: one 4-way choice per block."""
+    if not len(stage_repeats) == len(stage_channels) == len(stage_strides):
+        raise ConfigError(
+            f"space {name!r}: stage_repeats, stage_channels and stage_strides must have the same "
+            f"length (got {len(stage_repeats)}, {len(stage_channels)}, {len(stage_strides)})"
+        )
     blocks = sum(stage_repeats)
     choices = tuple(Choice(f"block_{i:02d}", SHUFFLE_CANDIDATES) for i in range(blocks))
     layout = {
@@ -51,10 +59,9 @@ def shufflenet_space(
 
 
 @register_space("shufflenet_imagenet")
-def shufflenet_imagenet() -> SearchSpace:
+def shufflenet_imagenet(**layout: Any) -> SearchSpace:
     """The paper's block search space: 224x224 input, 20 blocks x 4 candidates (4^20)."""
-    return shufflenet_space(
-        "shufflenet_imagenet",
+    defaults = dict(
         input_size=224,
         in_channels=3,
         num_classes=1000,
@@ -66,10 +73,11 @@ def shufflenet_imagenet() -> SearchSpace:
         head_channels=1024,
         dropout=0.1,
     )
+    return shufflenet_space("shufflenet_imagenet", **{**defaults, **layout})
 
 
 @register_space("shufflenet_cifar")
-def shufflenet_cifar() -> SearchSpace:
+def shufflenet_cifar(**layout: Any) -> SearchSpace:
     """Small-image variant for 32x32 (CIFAR) and 28x28 (Fashion-MNIST) input.
 
     Stem stride 1 and three stride-2 stages, the last stage keeping its resolution
@@ -77,8 +85,7 @@ def shufflenet_cifar() -> SearchSpace:
     and channels narrowed so the default pipeline fits 2 CPU cores (about 1,800 training img/s
     for the supernet at 28x28, batch 128, channels_last).
     """
-    return shufflenet_space(
-        "shufflenet_cifar",
+    defaults = dict(
         input_size=32,
         in_channels=3,
         num_classes=10,
@@ -90,3 +97,4 @@ def shufflenet_cifar() -> SearchSpace:
         head_channels=512,
         dropout=0.1,
     )
+    return shufflenet_space("shufflenet_cifar", **{**defaults, **layout})

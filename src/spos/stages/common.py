@@ -154,7 +154,7 @@ def build_space(config: RunConfig, data: PreparedData | None = None) -> SearchSp
         }
         updates.update({k: v for k, v in derived.items() if k in space.layout})
     updates.update(config.space.layout)
-    return space.with_layout(**updates) if updates else space
+    return create_space(config.space.name, **updates) if updates else space
 
 
 def make_sgd(
