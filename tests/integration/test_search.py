@@ -1,0 +1,109 @@
+"""Search stage end to end on the smoke supernet (SPEC section 4, issue: search)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from spos.arch import Arch
+from spos.config import load_config
+from spos.dist import Runtime
+from spos.stages import search, train_supernet
+from tests.conftest import ROOT, SMOKE, run_cli
+
+FLOPS_MAX = 340_000  # the smoke space spans 266,784 to 408,160 MACs: about half is feasible
+SEARCH = [
+    "search.generations=8",
+    "search.population_size=8",
+    "search.top_k=4",
+    "search.mutation_count=3",
+    "search.crossover_count=3",
+    f"search.constraints=[{{metric: flops, max: {FLOPS_MAX}}}]",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("supernet")
+    train_supernet.run(load_config(SMOKE), run_dir, runtime=Runtime.from_env("cpu", threads=2))
+    return run_dir
+
+
+def _copy_supernet(trained, target):
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "supernet.ckpt").write_bytes((trained / "supernet.ckpt").read_bytes())
+    return target
+
+
+@pytest.fixture(scope="module")
+def searched(trained, tmp_path_factory):
+    run_dir = _copy_supernet(trained, tmp_path_factory.mktemp("search"))
+    config = load_config(SMOKE, [*SEARCH, "search.random_baseline=true"])
+    summary = search.run(config, run_dir, runtime=Runtime.from_env("cpu", threads=2))
+    return run_dir, summary
+
+
+def test_search_writes_its_files_and_respects_the_constraint(searched):
+    run_dir, summary = searched
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert len(history) == summary["evaluations"] == 8 * 8
+    assert all(record["flops"] <= FLOPS_MAX for record in history)
+    keys = [record["key"] for record in history]
+    assert len(keys) == len(set(keys))  # never evaluated twice
+    best = Arch.load(run_dir / "arch.json")
+    assert best.short() == summary["best_arch"]
+    assert summary["best_score"] == max(record["score"] for record in history)
+    front = json.loads((run_dir / "pareto.json").read_text())["front"]
+    flops = [p["flops"] for p in front]
+    scores = [p["score"] for p in front]
+    assert flops == sorted(flops) and scores == sorted(scores)  # cheaper never better
+    assert json.loads((run_dir / "summary.json").read_text())["search"]["best_score"] == summary["best_score"]
+    baseline = [json.loads(line) for line in (run_dir / "baseline" / "history.jsonl").read_text().splitlines()]
+    assert len(baseline) == 64 and summary["baseline"]["evaluations"] == 64
+
+
+def test_search_is_deterministic_and_resumes_after_sigkill(trained, searched, tmp_path):
+    reference, _ = searched
+    run_dir = _copy_supernet(trained, tmp_path / "killed")
+    command = [sys.executable, "-m", "spos", "search", "--config", str(SMOKE), "--out", str(run_dir), *SEARCH]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = run_dir / "search_state.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None and not state.exists():
+        time.sleep(0.005)
+    killed = process.poll() is None
+    if killed:
+        os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    generation_at_kill = json.loads(state.read_text())["state"]["generation"] if state.exists() else 0
+    result = run_cli("search", "--config", str(SMOKE), "--out", str(run_dir), *SEARCH)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((run_dir / "arch.json").read_text())["arch"] == json.loads((reference / "arch.json").read_text())["arch"]
+    history = (run_dir / "history.jsonl").read_text().splitlines()
+    assert history == (reference / "history.jsonl").read_text().splitlines()
+    assert killed and generation_at_kill < 8, "the search finished before it could be killed"
+
+
+def test_infeasible_constraint_is_a_clear_error(trained, tmp_path):
+    run_dir = _copy_supernet(trained, tmp_path / "r")
+    result = run_cli("search", "--config", str(SMOKE), "--out", str(run_dir), "search.constraints=[{metric: flops, max: 1000}]")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "admits no architecture" in result.stderr
+
+
+def test_search_refuses_a_supernet_of_another_space(trained, tmp_path):
+    run_dir = _copy_supernet(trained, tmp_path / "r")
+    result = run_cli("search", "--config", str(SMOKE), "--out", str(run_dir), "space.name=shufflenet_imagenet")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "trained in space 'shufflenet_cifar'" in result.stderr
+
+
+def test_missing_supernet_is_a_clear_error(tmp_path):
+    result = run_cli("search", "--config", str(SMOKE), "--out", str(tmp_path / "none"))
+    assert result.returncode == 2 and "supernet.ckpt" in result.stderr and "does not exist" in result.stderr
