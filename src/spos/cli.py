@@ -85,6 +85,86 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_retrain(args: argparse.Namespace) -> int:
+    from spos.stages import retrain
+
+    config = _resolve_config(args)
+    runtime = _runtime(config)
+    summary = retrain.run(config, Path(args.out), runtime=runtime, progress=_TqdmProgress, arch_path=args.arch)
+    if runtime.is_main:
+        print(f"retrained: test top-1 {summary['test_top1']:.2f}%, top-5 {summary['test_top5']:.2f}%")
+    runtime.close()
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from spos.stages import export
+
+    run_dir = Path(args.run)
+    config = _resolve_config(argparse.Namespace(config=args.config, out=run_dir, overrides=args.overrides))
+    runtime = _runtime(config)
+    if runtime.is_main:
+        summary = export.run(config, run_dir, runtime=runtime)
+        print(f"exported to {run_dir / 'export'}: {json.dumps(summary)}")
+    runtime.close()
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from spos.report import write_report
+
+    if not Path(args.run).is_dir():
+        raise SposError(f"run directory {args.run} does not exist")
+    print(f"report written to {write_report(Path(args.run))}")
+    return 0
+
+
+def _cmd_latency_table(args: argparse.Namespace) -> int:
+    from spos.config import apply_overrides
+    from spos.dist import resolve_device
+    from spos.latency import measure_latency_table, validate_latency_table
+    from spos.space import create_space
+
+    space = create_space(args.space, **apply_overrides({}, args.overrides))
+    device = resolve_device(args.device)
+    table = measure_latency_table(
+        space, device=device, batch_size=args.batch_size, repeats=args.repeats, threads=args.threads
+    )
+    table.save(args.out)
+    print(f"latency table for {space.name} on {device} written to {args.out}")
+    if args.validate:
+        report = validate_latency_table(
+            table, space, device=device, num_archs=args.validate, seed=0, repeats=args.repeats
+        )
+        print(
+            f"validation on {args.validate} random architectures: mean abs error "
+            f"{report['mape']:.1f}%, Kendall tau {report['kendall_tau']:.3f}"
+        )
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from spos.report import write_report
+    from spos.stages import export, retrain, search, train_supernet
+
+    config = _resolve_config(args)
+    runtime = _runtime(config)
+    run_dir = Path(args.out)
+    # Each stage skips what is finished and resumes what was interrupted.
+    train_supernet.run(config, run_dir, runtime=runtime, progress=_TqdmProgress)
+    search.run(config, run_dir, runtime=runtime, progress=_TqdmProgress)
+    summary = retrain.run(config, run_dir, runtime=runtime, progress=_TqdmProgress)
+    if runtime.is_main:
+        export.run(config, run_dir, runtime=runtime)
+        report = write_report(run_dir)
+        print(
+            f"done: test top-1 {summary['test_top1']:.2f}% ({summary['flops']:,} MACs, "
+            f"{summary['params']:,} params)\nreport: {report}"
+        )
+    runtime.close()
+    return 0
+
+
 def _cmd_cost(args: argparse.Namespace) -> int:
     from spos.config import apply_overrides
     from spos.cost import CostModel
@@ -128,8 +208,33 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     stage("train-supernet", "train a supernet with uniform single-path sampling", _cmd_train_supernet)
+    p = stage("run", "the whole pipeline: supernet, search, retrain, export, report", _cmd_run)
     p = stage("search", "evolutionary search under constraints over a trained supernet", _cmd_search)
     p.add_argument("--supernet", type=Path, default=None, help="supernet checkpoint (default: RUN_DIR/supernet.ckpt)")
+
+    p = stage("retrain", "train the found architecture from scratch and test it", _cmd_retrain)
+    p.add_argument("--arch", type=Path, default=None, help="architecture file (default: RUN_DIR/arch.json)")
+
+    p = sub.add_parser("export", help="export the retrained model to ONNX and torch.export, checked numerically")
+    p.add_argument("--run", type=Path, required=True, help="run directory with retrain/child.ckpt")
+    p.add_argument("--config", type=Path, default=None, help="config (default: RUN/config.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(handler=_cmd_export)
+
+    p = sub.add_parser("report", help="plots and a summary page from a run directory")
+    p.add_argument("--run", type=Path, required=True, help="run directory")
+    p.set_defaults(handler=_cmd_report)
+
+    p = sub.add_parser("latency-table", help="measure a per-(layer, choice) latency lookup table")
+    p.add_argument("--space", required=True, help="search space name")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--out", type=Path, required=True, help="output JSON file")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--validate", type=int, default=10, metavar="K", help="check against K measured random archs (0: skip)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="space layout overrides")
+    p.set_defaults(handler=_cmd_latency_table)
 
     p = sub.add_parser("cost", help="FLOPs and params of an architecture")
     p.add_argument("--space", required=True, help="search space name (see `spos spaces`)")

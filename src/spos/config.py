@@ -45,6 +45,9 @@ class SpaceConfig:
     layout: dict[str, Any] = field(default_factory=dict)
     """Overrides of the space's layout keys; in_channels, num_classes and input_size are filled
     from the dataset unless given here."""
+    plugins: list[str] = field(default_factory=list)
+    """Python files or modules imported first, e.g. one that registers a user-defined space
+    and its ops (relative paths are relative to the working directory)."""
 
 
 @dataclass

@@ -225,3 +225,6 @@ class ShuffleNetChild(nn.Module):
 
 
 register_family("shufflenet", supernet=ShuffleNetSupernet, child=ShuffleNetChild)
+# User-defined spaces: the same stem / stages / head skeleton, every choice a registered op
+# (spos.ops.register_op), so a few lines of op + space definition give a full pipeline.
+register_family("sequential", supernet=ShuffleNetSupernet, child=ShuffleNetChild)

@@ -142,8 +142,34 @@ def load_test_split(config: RunConfig) -> spos_data.ArrayDataset:
     return _load_split(config.data, "test", seed=config.seed)
 
 
+def load_plugins(paths: list[str]) -> None:
+    """Import user plugin files or modules (they register spaces and ops)."""
+    import importlib
+    import importlib.util
+    import sys
+
+    for entry in paths:
+        path = Path(entry).expanduser()
+        if path.suffix == ".py":
+            if not path.is_file():
+                raise ConfigError(f"config field 'space.plugins' names {entry}, which does not exist")
+            name = f"spos_plugin_{path.stem}"
+            if name in sys.modules:
+                continue
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+        else:
+            try:
+                importlib.import_module(entry)
+            except ImportError as exc:
+                raise ConfigError(f"config field 'space.plugins': cannot import {entry!r} ({exc})") from None
+
+
 def build_space(config: RunConfig, data: PreparedData | None = None) -> SearchSpace:
     """The configured space, with input channels, classes and size taken from the data."""
+    load_plugins(config.space.plugins)
     space = create_space(config.space.name)
     updates: dict[str, Any] = {}
     if data is not None:
