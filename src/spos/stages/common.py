@@ -22,7 +22,7 @@ from spos.arch import atomic_write_text
 from spos.config import DataConfig, RunConfig, save_config
 from spos.dist import Runtime
 from spos.errors import ConfigError
-from spos.space import SearchSpace, create_space
+from spos.space import SearchSpace, create_space, make_rng
 
 __all__ = [
     "Progress",
@@ -30,6 +30,8 @@ __all__ = [
     "null_progress",
     "PreparedData",
     "prepare_data",
+    "load_test_split",
+    "seed_from",
     "build_space",
     "make_sgd",
     "learning_rate",
@@ -39,6 +41,11 @@ __all__ = [
     "update_summary",
     "start_run",
 ]
+
+
+def seed_from(seed: int, purpose: str) -> int:
+    """An integer seed for torch derived from the run seed and a purpose."""
+    return make_rng(seed, purpose).getrandbits(63)
 
 
 class Progress(Protocol):

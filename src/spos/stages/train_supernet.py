@@ -39,6 +39,7 @@ from spos.stages.common import (
     null_progress,
     prepare_data,
     read_summary,
+    seed_from,
     start_run,
     update_summary,
 )
@@ -48,11 +49,6 @@ __all__ = ["run", "CHECKPOINT_NAME", "build_panel", "build_scorer"]
 
 log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "supernet.ckpt"
-
-
-def seed_from(seed: int, purpose: str) -> int:
-    """An integer seed for torch derived from the run seed and a purpose."""
-    return make_rng(seed, purpose).getrandbits(63)
 
 
 def build_panel(space: SearchSpace, *, seed: int, size: int) -> list:
@@ -156,7 +152,7 @@ def run(
         optimizer.load_state_dict(state["optimizer"])
         sampler.load_state_dict(state["sampler"])
         stream.load_state_dict(state["stream"])
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())  # CPU RNG state, also on CUDA runs
         step, train_seconds = int(payload["step"]), float(state["train_seconds"])
         log.info("resuming supernet training from step %d", step)
         finished = read_summary(run_dir).get("supernet")
