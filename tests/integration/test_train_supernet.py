@@ -127,3 +127,15 @@ def test_checkpoint_of_another_space_is_refused(reference_run, tmp_path):
     (other / "supernet.ckpt").write_bytes((run_dir / "supernet.ckpt").read_bytes())
     result = run_cli("train-supernet", "--config", str(SMOKE), "--out", str(other), "space.name=shufflenet_imagenet")
     _assert_clean_error(result, "shufflenet_cifar", "shufflenet_imagenet")
+
+
+def test_cost_command_prints_the_reference_figures():
+    result = run_cli(
+        "cost", "--space", "shufflenet_imagenet", "--arch", "2,1,0,1,2,0,2,0,2,0,2,3,0,0,0,0,3,2,3,3", "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    costs = json.loads(result.stdout)
+    assert costs["flops"] == 322_918_720 and costs["params_total"] == 3_558_464
+    assert abs(costs["params"] - 3.53e6) / 3.53e6 < 0.005
+    bad = run_cli("cost", "--space", "shufflenet_imagenet", "--arch", "2,1,0")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "20 choices" in bad.stderr
