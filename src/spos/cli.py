@@ -138,7 +138,7 @@ def _cmd_latency_table(args: argparse.Namespace) -> int:
         )
         print(
             f"validation on {args.validate} random architectures: mean abs error "
-            f"{report['mape']:.1f}%, Kendall tau {report['kendall_tau']:.3f}"
+            f"{report['mape_percent']:.1f}%, Kendall tau {report['kendall_tau']:.3f}"
         )
     return 0
 

@@ -390,7 +390,11 @@ class Constraints:
 
 
 def build_constraints(
-    configs: Sequence[Any], *, costs: CostModel, latency_table: str | os.PathLike[str] | None = None
+    configs: Sequence[Any],
+    *,
+    costs: CostModel,
+    latency_table: str | os.PathLike[str] | None = None,
+    space: SearchSpace | None = None,
 ) -> Constraints:
     """Constraints from config entries (objects with ``metric``, ``min``, ``max``).
 
@@ -404,7 +408,7 @@ def build_constraints(
     if latency_table is not None:
         from spos.latency import LatencyTable
 
-        table = LatencyTable.load(latency_table)
+        table = LatencyTable.load(latency_table, space=space)
         metrics["latency"] = table.latency
     constraints = []
     for entry in configs:

@@ -65,7 +65,18 @@ def test_the_table_covers_every_option_and_records_how_it_was_measured(space, ta
     assert meta["batch_size"] == 1 and meta["repeats"] == 3 and meta["threads"] == THREADS
     assert meta["device"] == "cpu" and meta["device_name"]
     assert meta["torch_version"] == torch.__version__
-    assert meta["fixed_parts"] == ["head", "stem"]
+    assert meta["fixed_parts"] == ["head", "stem", "end_to_end_residual"]
+    assert table.fixed_ms == pytest.approx(meta["fixed_parts_ms"] + meta["end_to_end_residual_ms"])
+    assert meta["fixed_parts_ms"] > 0
+
+
+def test_the_end_to_end_correction_can_be_left_out(space):
+    table = measure_latency_table(
+        space, device="cpu", repeats=1, warmup=0, threads=THREADS, end_to_end_correction=False
+    )
+    assert table.metadata["fixed_parts"] == ["head", "stem"]
+    assert table.metadata["end_to_end_residual_ms"] is None
+    assert table.fixed_ms == table.metadata["fixed_parts_ms"]
 
 
 def test_latency_of_an_arch_is_the_fixed_part_plus_its_entries(space, table):

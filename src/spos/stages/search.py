@@ -157,7 +157,9 @@ def run(
     supernet.eval()
 
     costs = CostModel.from_space(space)
-    constraints = build_constraints(cfg.constraints, costs=costs, latency_table=cfg.latency_table)
+    constraints = build_constraints(
+        cfg.constraints, costs=costs, latency_table=cfg.latency_table, space=space
+    )
     scorer = build_scorer(
         supernet,
         data,
