@@ -42,7 +42,6 @@ class ArchScorer:
         recalibrate_batches: Prepared training batches (float images, labels) for BN
             recalibration; the same ones for every candidate.
         val_batches: Prepared held-out validation batches; the same ones for every candidate.
-        reduce: Optional ``(correct, total) tensor -> tensor`` sum across ranks.
     """
 
     def __init__(
@@ -78,7 +77,7 @@ class ArchScorer:
             self.recalibrate(arch)
             correct, total = self.evaluate(arch)
         finally:
-            for bn, (mean, var, count) in zip(batchnorms, saved):
+            for bn, (mean, var, count) in zip(batchnorms, saved, strict=True):
                 bn.running_mean.copy_(mean)
                 bn.running_var.copy_(var)
                 bn.num_batches_tracked.copy_(count)

@@ -191,13 +191,13 @@ class SearchSpace:
                     f"space {self.name!r} has {len(self.choices)} choices but "
                     f"{len(ordered)} values were given"
                 )
-        for c, v in zip(self.choices, ordered):
+        for c, v in zip(self.choices, ordered, strict=True):
             if v not in c.options:
                 raise ArchError(
                     f"{v!r} is not an option of {c.label!r} in space {self.name!r}; "
                     f"options are {list(c.options)}"
                 )
-        return Arch(self.name, self.version, tuple(zip(self.labels, ordered)))
+        return Arch(self.name, self.version, tuple(zip(self.labels, ordered, strict=True)))
 
     def from_indices(self, indices: Sequence[int]) -> Arch:
         """Build an architecture from option indices (the official tuple form)."""
@@ -208,7 +208,7 @@ class SearchSpace:
                 f"tuple has {len(indices)} entries"
             )
         values = []
-        for c, i in zip(self.choices, indices):
+        for c, i in zip(self.choices, indices, strict=True):
             if not isinstance(i, int) or not 0 <= i < len(c.options):
                 raise ArchError(
                     f"index {i!r} for {c.label!r} is out of range 0..{len(c.options) - 1}"

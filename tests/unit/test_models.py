@@ -19,6 +19,7 @@ from spos.ops import (
     create_op,
     register_op,
 )
+from spos.space import SearchSpace
 from spos.spaces.catalog import OFFICIAL_REFERENCE_ARCH, SHUFFLE_CANDIDATES
 from spos.supernet import Supernet, build_supernet, list_families, register_family
 
@@ -154,8 +155,14 @@ def test_unknown_family_lists_known_ones():
 
 
 def test_inconsistent_layout_is_a_config_error():
+    space = create_space("shufflenet_cifar")
+    mismatched = SearchSpace(  # 20 choices but a 16-block layout, built by hand
+        space.name, space.version, space.family, space.choices,
+        {**space.to_dict()["layout"], "stage_repeats": [4, 4, 4, 4]},
+    )
     with pytest.raises(ConfigError, match="stage_repeats"):
-        build_supernet(create_space("shufflenet_cifar", stage_repeats=[4, 4, 4, 4]))
+        build_supernet(mismatched)
+    assert len(create_space("shufflenet_cifar", stage_repeats=[4, 4, 4, 4]).choices) == 16
     with pytest.raises(ConfigError, match="stem_channels"):
         build_supernet(create_space("shufflenet_cifar", stem_channels=0))
 

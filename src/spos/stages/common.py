@@ -40,6 +40,8 @@ __all__ = [
     "read_summary",
     "update_summary",
     "start_run",
+    "Stopwatch",
+    "TrainingWindow",
 ]
 
 
@@ -287,6 +289,44 @@ def start_run(config: RunConfig, run_dir: Path, runtime: Runtime) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
     runtime.barrier()
+
+
+class TrainingWindow:
+    """Loss, accuracy and throughput accumulated between two metrics lines.
+
+    ``train_seconds`` sums the time of every flushed window, so evaluation time that the
+    caller excludes with :meth:`restart_clock` never counts as training time.
+    """
+
+    def __init__(self, train_seconds: float = 0.0) -> None:
+        self.train_seconds = train_seconds
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss_sum, self.correct, self.images = 0.0, 0, 0
+        self.clock = Stopwatch()
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.loss_sum += float(loss.detach()) * labels.numel()
+        self.correct += int((logits.argmax(1) == labels).sum())
+        self.images += labels.numel()
+
+    def restart_clock(self) -> None:
+        self.clock = Stopwatch()
+
+    def flush(self, *, step: int, lr: float, world_size: int) -> dict[str, Any]:
+        """The metrics line of the window (images/s over all ranks); starts a new window."""
+        seconds = self.clock()
+        self.train_seconds += seconds
+        record = {
+            "step": step,
+            "loss": self.loss_sum / max(1, self.images),
+            "train_acc": 100.0 * self.correct / max(1, self.images),
+            "lr": lr,
+            "images_per_s": self.images * world_size / max(seconds, 1e-9),
+        }
+        self._reset()
+        return record
 
 
 class Stopwatch:

@@ -50,7 +50,7 @@ from spos.stages.common import (
     MetricsLog,
     PreparedData,
     ProgressFactory,
-    Stopwatch,
+    TrainingWindow,
     build_space,
     learning_rate,
     load_test_split,
@@ -283,7 +283,7 @@ def run(
             "optimizer": optimizer.state_dict(),
             "stream": stream.state_dict(),
             "torch_rng": torch.get_rng_state(),
-            "train_seconds": train_seconds,
+            "train_seconds": window.train_seconds,
             "arch": arch.to_json(),
             "init": cfg.init,
             "total_steps": total_steps,
@@ -311,8 +311,7 @@ def run(
         else null_progress(total=total_steps)
     )
     log_every = config.supernet.log_every
-    window_loss, window_correct, window_images = 0.0, 0, 0
-    window_clock = Stopwatch()
+    window = TrainingWindow(train_seconds)
     model.train()
     while step < total_steps:
         lr = learning_rate(step, total=total_steps, peak=cfg.lr, warmup=cfg.warmup_steps, schedule=cfg.schedule)
@@ -329,32 +328,22 @@ def run(
         optimizer.step()
         step += 1
 
-        window_loss += float(loss.detach()) * labels.numel()
-        window_correct += int((logits.argmax(1) == labels).sum())
-        window_images += labels.numel()
+        window.add(loss, logits, labels)
         epoch_end = step % steps_per_epoch == 0
         if step % log_every == 0 or epoch_end or step == total_steps:
-            seconds = window_clock()
-            train_seconds += seconds
             record = {
-                "step": step,
+                **window.flush(step=step, lr=lr, world_size=runtime.world_size),
                 "epoch": round(step / steps_per_epoch, 4),
-                "loss": window_loss / window_images,
-                "train_acc": 100.0 * window_correct / window_images,
-                "lr": lr,
-                "images_per_s": window_images * runtime.world_size / max(seconds, 1e-9),
             }
             metrics.write(record)
             bar.update(0, loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.0f}")
-            window_loss, window_correct, window_images = 0.0, 0, 0
-            window_clock = Stopwatch()
         if epoch_end and runtime.is_main:
             last_val_acc = evaluate(
                 child, data.val, data, runtime, batch_size=eval_batch_size, channels_last=channels_last
             )["top1"]
             metrics.write({"step": step, "epoch": step // steps_per_epoch, "val_acc": last_val_acc})
             bar.update(0, val=f"{last_val_acc:.2f}")
-            window_clock = Stopwatch()  # validation time is not training time
+            window.restart_clock()  # validation time is not training time
         bar.update(1)
         if step % cfg.checkpoint_every == 0 or step == total_steps:
             save(step, finished=False)
@@ -413,8 +402,8 @@ def run(
             "flops": int(costs["flops"]),
             "params": int(costs["params"]),
             "params_total": int(costs["params_total"]),
-            "seconds": round(train_seconds, 2),
-            "images_per_s": round(step * cfg.batch_size / max(train_seconds, 1e-9), 1),
+            "seconds": round(window.train_seconds, 2),
+            "images_per_s": round(step * cfg.batch_size / max(window.train_seconds, 1e-9), 1),
             "weights_sha256": state_dict_sha256(child.state_dict()),
         }
         _save_weights(out_dir / WEIGHTS_NAME, child, space=space, arch=arch)

@@ -32,7 +32,7 @@ from spos.stages.common import (
     MetricsLog,
     PreparedData,
     ProgressFactory,
-    Stopwatch,
+    TrainingWindow,
     build_space,
     learning_rate,
     make_sgd,
@@ -190,7 +190,7 @@ def run(
                 "sampler": sampler.state_dict(),
                 "stream": stream.state_dict(),
                 "torch_rng": torch.get_rng_state(),
-                "train_seconds": train_seconds,
+                "train_seconds": window.train_seconds,
             },
         )
 
@@ -209,8 +209,7 @@ def run(
 
     metrics = MetricsLog(run_dir, enabled=runtime.is_main, resume_step=step)
     bar = progress(total=cfg.steps, initial=step, description="supernet") if runtime.is_main else null_progress(total=cfg.steps)
-    window_loss, window_correct, window_images = 0.0, 0, 0
-    window_clock = Stopwatch()
+    window = TrainingWindow(train_seconds)
     last_panel: dict[str, Any] = {}
     model.train()
     while step < cfg.steps:
@@ -235,28 +234,15 @@ def run(
         optimizer.step()
         step += 1
 
-        window_loss += float(loss.detach()) * labels.numel()
-        window_correct += int((logits.argmax(1) == labels).sum())
-        window_images += labels.numel()
+        window.add(loss, logits, labels)
         if step % cfg.log_every == 0 or step == cfg.steps:
-            seconds = window_clock()
-            train_seconds += seconds
-            record = {
-                "step": step,
-                "loss": window_loss / window_images,
-                "train_acc": 100.0 * window_correct / window_images,
-                "lr": lr,
-                "images_per_s": window_images * runtime.world_size / max(seconds, 1e-9),
-                **sampler.stats(),
-            }
+            record = {**window.flush(step=step, lr=lr, world_size=runtime.world_size), **sampler.stats()}
             metrics.write(record)
             bar.update(0, loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.0f}")
-            window_loss, window_correct, window_images = 0.0, 0, 0
-            window_clock = Stopwatch()
         bar.update(1)
         if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
             last_panel = evaluate_panel(step) or last_panel
-            window_clock = Stopwatch()  # panel time is not training time
+            window.restart_clock()  # panel time is not training time
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             save(step)
     bar.close()
@@ -268,8 +254,8 @@ def run(
         "space_version": space.version,
         "steps": step,
         "images_seen": step * cfg.batch_size,
-        "train_seconds": round(train_seconds, 2),
-        "images_per_s": round(step * cfg.batch_size / max(train_seconds, 1e-9), 1),
+        "train_seconds": round(window.train_seconds, 2),
+        "images_per_s": round(step * cfg.batch_size / max(window.train_seconds, 1e-9), 1),
         "panel_mean_acc": last_panel.get("panel_mean_acc"),
         "panel_best_acc": last_panel.get("panel_best_acc"),
         "panel": last_panel.get("panel"),
