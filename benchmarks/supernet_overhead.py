@@ -82,6 +82,8 @@ MEMORY_TARGET = 1.10
 MMAP_THRESHOLD = 128 * 1024
 #: A step counts as contended when some task waited for a CPU during >= this fraction of it.
 CONTENDED_STALL = 0.10
+#: The headline uses quiet pairs only when at least this many (and a quarter of all) exist.
+MIN_QUIET_PAIRS = 8
 
 #: name -> (space, layout overrides, batch size, warm-up steps, repeats)
 PRESETS: dict[str, dict[str, Any]] = {
@@ -249,6 +251,20 @@ def cpu_stall_us() -> int | None:
     return None
 
 
+def minor_faults() -> int | None:
+    """Minor page faults of this process so far (memory the kernel had to map in), or None."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def median_or_none(values: list[float | None]) -> float | None:
+    known = [value for value in values if value is not None]
+    return statistics.median(known) if known else None
+
+
 def measure_time(config: dict[str, Any], paths: list[Arch], device: torch.device, seed: int) -> dict[str, Any]:
     """Interleaved step times of supernet (a) and standalone child (b) for every path."""
     space = make_space(config)
@@ -268,14 +284,15 @@ def measure_time(config: dict[str, Any], paths: list[Arch], device: torch.device
 
     def timed(key: tuple[int, str]) -> dict[str, float | None]:
         sync()
-        stall = cpu_stall_us()
+        stall, faults = cpu_stall_us(), minor_faults()
         start, start_cpu = time.perf_counter(), time.process_time()
         steps[key]()
         sync()
         wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
-        stall_end = cpu_stall_us()
+        stall_end, faults_end = cpu_stall_us(), minor_faults()
         fraction = None if stall is None or stall_end is None else (stall_end - stall) / 1e6 / wall
-        return {"wall": wall, "cpu": cpu, "stall": fraction}
+        return {"wall": wall, "cpu": cpu, "stall": fraction,
+                "faults": None if faults is None else faults_end - faults}
 
     for index in range(len(paths)):
         for _ in range(config["warmup"]):
@@ -295,7 +312,7 @@ def measure_time(config: dict[str, Any], paths: list[Arch], device: torch.device
                 "repeat": repeat,
                 "first": order[0],
                 **{f"{kind}_{field}": measured[kind][field] for kind in order
-                   for field in ("wall", "cpu", "stall")},
+                   for field in ("wall", "cpu", "stall", "faults")},
                 "ratio": measured["supernet"]["wall"] / measured["child"]["wall"],
                 "contended": None if None in stalls else max(stalls) >= CONTENDED_STALL,
             })
@@ -313,8 +330,12 @@ def measure_time(config: dict[str, Any], paths: list[Arch], device: torch.device
             "child_s": child_median,
             "ratio_of_medians": supernet_median / child_median,
             "paired_ratio_median": statistics.median(pair["ratio"] for pair in mine),
+            "quiet_ratio_median": statistics.median(quiet)
+            if (quiet := [pair["ratio"] for pair in mine if pair["contended"] is False]) else None,
             "supernet_min_s": min(pair["supernet_wall"] for pair in mine),
             "child_min_s": min(pair["child_wall"] for pair in mine),
+            "supernet_faults": median_or_none([pair["supernet_faults"] for pair in mine]),
+            "child_faults": median_or_none([pair["child_faults"] for pair in mine]),
             "contended_pairs": sum(bool(pair["contended"]) for pair in mine),
             "pairs": len(mine),
         })
@@ -329,26 +350,47 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
 
 
 def summarise_time(timing: dict[str, Any], batch: int) -> dict[str, Any]:
+    """Headline: median pair ratio over the quiet pairs when there are enough of them.
+
+    Contention from other jobs adds a large common time to both halves of a pair and pulls
+    its ratio towards 1, so contended pairs would flatter the supernet; they are used only when
+    too few quiet pairs exist (or contention cannot be observed), and then the verdict says the
+    figure is unreliable.
+    """
     rows, pairs = timing["paths"], timing["pairs"]
-    ratios = [pair["ratio"] for pair in pairs]
-    quiet = [pair["ratio"] for pair in pairs if pair["contended"] is False]
-    low, middle, high = quartiles(ratios)
+    known = all(pair["contended"] is not None for pair in pairs)
+    quiet_pairs = [pair for pair in pairs if pair["contended"] is False]
+    enough_quiet = known and len(quiet_pairs) >= max(MIN_QUIET_PAIRS, len(pairs) // 4)
+    chosen = quiet_pairs if enough_quiet else pairs
+    low, middle, high = quartiles([pair["ratio"] for pair in chosen])
+    per_path = [
+        statistics.median(pair["ratio"] for pair in chosen if pair["path"] == row["path"])
+        for row in rows
+        if any(pair["path"] == row["path"] for pair in chosen)
+    ]
     supernet_total = sum(row["supernet_s"] for row in rows)
     child_total = sum(row["child_s"] for row in rows)
+    quiet_supernet = [pair["supernet_wall"] for pair in quiet_pairs]
+    quiet_child = [pair["child_wall"] for pair in quiet_pairs]
     return {
         "time_ratio": middle,
         "time_ratio_q1": low,
         "time_ratio_q3": high,
+        "time_ratio_basis": "quiet pairs" if enough_quiet else "all pairs",
+        "time_ratio_reliable": enough_quiet or not known,
+        "time_ratio_worst_path": max(per_path),
+        "time_ratio_all_pairs": statistics.median(pair["ratio"] for pair in pairs),
         "time_ratio_of_medians": supernet_total / child_total,
         "time_ratio_of_minima": sum(row["supernet_min_s"] for row in rows)
         / sum(row["child_min_s"] for row in rows),
-        "time_ratio_worst_path": max(row["paired_ratio_median"] for row in rows),
-        "time_ratio_quiet_pairs": statistics.median(quiet) if quiet else None,
         "pairs": len(pairs),
-        "quiet_pairs": len(quiet),
-        "contention_known": all(pair["contended"] is not None for pair in pairs),
-        "supernet_img_per_s": batch * len(rows) / supernet_total,
-        "child_img_per_s": batch * len(rows) / child_total,
+        "quiet_pairs": len(quiet_pairs),
+        "contention_known": known,
+        # Throughput from quiet steps where possible: contended times say nothing about spos.
+        "supernet_img_per_s": batch / statistics.median(quiet_supernet) if quiet_supernet
+        else batch * len(rows) / supernet_total,
+        "child_img_per_s": batch / statistics.median(quiet_child) if quiet_child
+        else batch * len(rows) / child_total,
     }
 
 
@@ -449,7 +491,8 @@ def memory_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_memory_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    env = dict(os.environ)
+    # The worker controls glibc itself: drop any MALLOC_* tuning of the parent's environment.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MALLOC_")}
     # A fixed threshold also turns off glibc's dynamic threshold, which would otherwise grow
     # after the first frees and keep later tensors on the heap (RSS would stop tracking them).
     env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
@@ -573,34 +616,43 @@ def config_markdown(result: dict[str, Any]) -> list[str]:
 def time_markdown(timing: dict[str, Any], summary: dict[str, Any]) -> list[str]:
     lines = [
         "| path | option indices | supernet s/step (median) | standalone s/step (median) "
-        "| ratio of medians | paired-ratio median | contended pairs |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        "| ratio of medians | pair-ratio median | pair-ratio median, quiet pairs | contended pairs "
+        "| page faults/step sup. | page faults/step std. |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in timing["paths"]:
         lines.append(
             f"| {row['path']} | `{row['indices']}` | {row['supernet_s']:.4f} | {row['child_s']:.4f} | "
             f"{row['ratio_of_medians']:.3f} | {row['paired_ratio_median']:.3f} | "
-            f"{row['contended_pairs'] if summary['contention_known'] else '?'}/{row['pairs']} |"
+            + ("-" if row["quiet_ratio_median"] is None else f"{row['quiet_ratio_median']:.3f}")
+            + f" | {row['contended_pairs'] if summary['contention_known'] else '?'}/{row['pairs']} | "
+            + " | ".join("-" if row[key] is None else f"{row[key]:.0f}"
+                         for key in ("supernet_faults", "child_faults"))
+            + " |"
         )
-    quiet = summary["time_ratio_quiet_pairs"]
     if not summary["contention_known"]:
-        contention = "CPU contention unknown (no /proc/pressure/cpu)."
+        contention = "CPU contention could not be observed (no /proc/pressure/cpu)."
     else:
         contention = (
-            f"{summary['pairs'] - summary['quiet_pairs']} of {summary['pairs']} pairs ran while "
-            f"other tasks waited for a CPU during >= {CONTENDED_STALL:.0%} of a step (Linux PSI); "
-            + (f"median over the {summary['quiet_pairs']} quiet pairs {quiet:.3f}."
-               if quiet is not None else "no quiet pair.")
+            f"{summary['pairs'] - summary['quiet_pairs']} of {summary['pairs']} pairs were "
+            f"contended (other tasks waited for a CPU during >= {CONTENDED_STALL:.0%} of a step, "
+            f"Linux PSI); median over all pairs {summary['time_ratio_all_pairs']:.3f}."
         )
+    if summary["time_ratio_reliable"]:
+        outcome = verdict(summary["time_ratio"], TIME_TARGET)
+    else:
+        outcome = ("INCONCLUSIVE: too few uncontended pairs (contention pulls ratios towards 1); "
+                   "rerun on an idle machine")
     lines += [
         "",
-        f"**Time ratio supernet/standalone: {summary['time_ratio']:.3f}** (median over all "
-        f"{summary['pairs']} interleaved pairs; quartiles {summary['time_ratio_q1']:.3f}-"
+        f"**Time ratio supernet/standalone: {summary['time_ratio']:.3f}** (median pair ratio over "
+        f"the {summary['quiet_pairs'] if summary['time_ratio_basis'] == 'quiet pairs' else summary['pairs']} "
+        f"{summary['time_ratio_basis']}; quartiles {summary['time_ratio_q1']:.3f}-"
         f"{summary['time_ratio_q3']:.3f}; worst path {summary['time_ratio_worst_path']:.3f}); "
-        f"target <= {TIME_TARGET}: {verdict(summary['time_ratio'], TIME_TARGET)}. "
-        f"Cross-checks: ratio of summed per-path medians {summary['time_ratio_of_medians']:.3f}, "
-        f"of summed per-path minima {summary['time_ratio_of_minima']:.3f}. {contention} "
-        f"Throughput (medians): supernet {summary['supernet_img_per_s']:.1f} img/s, standalone "
+        f"target <= {TIME_TARGET}: {outcome}. {contention} Cross-checks over all steps: ratio of "
+        f"summed per-path medians {summary['time_ratio_of_medians']:.3f}, of summed per-path "
+        f"minima {summary['time_ratio_of_minima']:.3f}. Throughput (median quiet step): "
+        f"supernet {summary['supernet_img_per_s']:.1f} img/s, standalone "
         f"{summary['child_img_per_s']:.1f} img/s.",
         "",
     ]
@@ -659,9 +711,12 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: CUDA is not available")
-    command = "python " + " ".join(shlex.quote(a) for a in [
-        os.path.relpath(__file__), *(sys.argv[1:] if argv is None else argv)
-    ])
+    malloc_env = {key: value for key, value in os.environ.items() if key.startswith("MALLOC_")}
+    command = " ".join(
+        [f"{key}={shlex.quote(value)}" for key, value in malloc_env.items()]
+        + ["python"]
+        + [shlex.quote(a) for a in [os.path.relpath(__file__), *(sys.argv[1:] if argv is None else argv)]]
+    )
     environment = {
         "command": command,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -672,6 +727,8 @@ def main(argv: list[str] | None = None) -> int:
         "device_name": describe_device(device),
         "cpu_count": os.cpu_count(),
         "load_average_start": load_average(),
+        "malloc_env": malloc_env,
+        "ld_preload": os.environ.get("LD_PRELOAD", ""),
     }
     print(f"{environment['device_name']}, torch {environment['torch']}, {environment['threads']} "
           f"threads, device {device}; load average {environment['load_average_start']}", flush=True)
@@ -699,7 +756,9 @@ def markdown(record: dict[str, Any]) -> str:
         f"{env['date']}; {env['device_name']} ({env['cpu_count']} CPUs visible), device "
         f"`{env['device']}`, torch {env['torch']}, {env['threads']} threads, Python {env['python']}. "
         f"Load average (1 min) {env['load_average_start']} at start, {env['load_average_end']} at "
-        f"end; {env['seconds']} s in all.",
+        f"end; {env['seconds']} s in all. Allocator: "
+        + (", ".join(f"`{k}={v}`" for k, v in env["malloc_env"].items()) or "glibc defaults")
+        + (f", `LD_PRELOAD={env['ld_preload']}`" if env["ld_preload"] else "") + ".",
         "",
         "A training step = zero_grad, forward, cross-entropy (label smoothing 0.1), backward, SGD "
         "(momentum 0.9, weight decay 4e-5 on conv/linear weights via `make_sgd`), synthetic data, "
@@ -709,7 +768,16 @@ def markdown(record: dict[str, Any]) -> str:
         "load from other jobs on a shared machine falls on both halves of a pair alike: the "
         "headline is the median of the pairs' ratios, which stays fair while absolute times "
         "move. A pair is *contended* when other tasks waited for a CPU during >= "
-        f"{CONTENDED_STALL:.0%} of either step (Linux PSI, `/proc/pressure/cpu`).",
+        f"{CONTENDED_STALL:.0%} of either step (Linux PSI, `/proc/pressure/cpu`); the headline "
+        "uses quiet pairs only, because contention adds a common time to both halves of a pair "
+        "and pulls its ratio towards 1. *Page faults/step* (median minor faults) counts memory "
+        "the kernel had to map in afresh during the step: glibc hands freed activation memory "
+        "back to the OS (heap trimming, unmapping of large blocks) and the next step faults it "
+        "in again, which costs kernel time that depends on the process's heap layout, not on "
+        "the model's arithmetic. To measure without it, keep freed memory in the process: "
+        "`MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1000000000000 python "
+        "benchmarks/supernet_overhead.py --no-memory --out "
+        "benchmarks/results/supernet_overhead.malloc_keep.json`.",
         "",
         "Memory: a fresh subprocess per (path, model). On CPU, peak RSS (VmHWM, reset through "
         "`/proc/self/clear_refs`) minus RSS before the step, with glibc's mmap threshold pinned "
