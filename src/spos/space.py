@@ -240,7 +240,13 @@ class SearchSpace:
         from pathlib import Path
 
         text = text.strip()
-        if text.endswith(".json") or (len(text) < 4096 and Path(text).is_file()):
+        is_file = False
+        if not text.startswith("{"):
+            try:
+                is_file = Path(text).is_file()
+            except OSError:  # e.g. a name too long to be a path
+                is_file = False
+        if text.endswith(".json") or is_file:
             return self.validate(Arch.load(text))
         if text.startswith("{"):
             try:

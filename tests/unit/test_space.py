@@ -124,3 +124,9 @@ def test_structural_layout_overrides_rebuild_the_choices():
         create_space("shufflenet_cifar", stage_repeats=[1, 1])
     with pytest.raises(ConfigError, match="no layout key"):
         create_space("shufflenet_cifar", colour=1)
+
+
+def test_long_inline_json_is_not_mistaken_for_a_path():
+    space = create_space("shufflenet_imagenet")
+    arch = space.sample(make_rng(0, "long"))
+    assert space.parse(json.dumps(dict(arch.items()))) == arch
