@@ -9,8 +9,9 @@ every path shares); the cost of an architecture is the fixed part plus one looku
 Conventions (say which one a number uses):
 
 * ``flops``: multiply-accumulates of convolution and linear layers, forward pass, batch 1
-  (BN, ReLU, pooling and concatenation are free). This is the paper's "FLOPs": 322,918,720
-  for the released ImageNet architecture.
+  (BN, ReLU, pooling and concatenation are free), plus one per output element of a layer with
+  a bias (NAS-Bench-201's ``in*out+out`` for its classifier). This is the paper's "FLOPs":
+  322,918,720 for the released ImageNet architecture (whose layers have no bias).
 * ``params``: parameters of convolution and linear layers (the paper's 3.53M convention).
 * ``params_total``: every parameter of the standalone child network, whose BN is affine
   (3,558,464 for the released architecture).
@@ -82,6 +83,17 @@ def module_costs(module: nn.Module, *inputs: torch.Tensor) -> dict[str, int]:
     FLOPs are ``FlopCounterMode``'s forward count divided by two (multiply-accumulates) and
     scale with the batch size of ``inputs``; give batch-1 inputs for per-image numbers.
     """
+    bias_adds = 0
+
+    def count_bias(layer: nn.Module, _args: tuple, output: torch.Tensor) -> None:
+        nonlocal bias_adds
+        bias_adds += output.numel()
+
+    handles = [
+        layer.register_forward_hook(count_bias)
+        for layer in module.modules()
+        if isinstance(layer, (nn.modules.conv._ConvNd, nn.Linear)) and layer.bias is not None
+    ]
     was_training = module.training
     module.eval()
     try:
@@ -89,8 +101,10 @@ def module_costs(module: nn.Module, *inputs: torch.Tensor) -> dict[str, int]:
             module(*(tensor.clone() for tensor in inputs))
     finally:
         module.train(was_training)
+        for handle in handles:
+            handle.remove()
     return {
-        "flops": int(counter.get_total_flops()) // 2,
+        "flops": int(counter.get_total_flops()) // 2 + bias_adds,
         "params": _conv_linear_parameters(module),
         "params_total": _total_parameters(module),
     }
@@ -166,14 +180,16 @@ class CostModel:
             supernet = build_supernet(space)
         sample = torch.zeros((1, *supernet.input_shape), device="meta")
 
-        # Capture the input of every path module: run a few covering paths with hooks.
-        inputs: dict[tuple[str, Value | None], tuple[nn.Module, tuple[torch.Tensor, ...]]] = {}
+        # Capture the input of every path module: run a few covering paths with hooks. A slot
+        # is (position on the path, key, option): a choice may drive several modules (e.g. one
+        # NAS-Bench-201 cell repeated 15 times), whose costs add up.
+        inputs: dict[tuple[int, str, Value | None], tuple[nn.Module, tuple[torch.Tensor, ...]]] = {}
         labels = set(space.labels)
         supernet.eval()
         for arch in _covering_archs(space):
             handles = []
-            for key, module in supernet.path_modules(arch):
-                slot = (key, arch[key] if key in labels else None)
+            for position, (key, module) in enumerate(supernet.path_modules(arch)):
+                slot = (position, key, arch[key] if key in labels else None)
 
                 def capture(_module: nn.Module, args: tuple, slot=slot, module=module) -> None:
                     tensors = tuple(a.detach() for a in args if torch.is_tensor(a))
@@ -189,13 +205,11 @@ class CostModel:
 
         fixed = dict.fromkeys(METRICS, 0)
         layers: dict[str, dict[Value, dict[str, int]]] = {label: {} for label in space.labels}
-        for (key, option), (module, tensors) in inputs.items():
+        for (_, key, option), (module, tensors) in inputs.items():
             costs = module_costs(module, *tensors)
-            if option is None:
-                for metric in METRICS:
-                    fixed[metric] += costs[metric]
-            else:
-                layers[key][option] = costs
+            target = fixed if option is None else layers[key].setdefault(option, dict.fromkeys(METRICS, 0))
+            for metric in METRICS:
+                target[metric] += costs[metric]
         return cls(
             space_name=space.name,
             space_version=space.version,
