@@ -29,6 +29,7 @@ Writes benchmarks/results/search_throughput.json and .md.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -131,9 +132,7 @@ def train_briefly(
         data.train,
         batch_size=args.train_batch,
         seed=seed_from(args.seed, "supernet-data"),
-        augment=lambda images, generator: spos_data.random_crop_flip(
-            images, padding=2, generator=generator
-        ),
+        augment=functools.partial(spos_data.random_crop_flip, padding=2),
     )
     warmup = min(20, max(0, args.train_steps - 1))
     supernet.train()

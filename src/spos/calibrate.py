@@ -6,14 +6,16 @@ candidate, the paper resets the statistics and re-estimates them by forwarding t
 images through that architecture in train mode with no gradient. This module owns that step:
 :func:`recalibrate_bn` resets the chosen BatchNorm layers, sets ``momentum=None`` so PyTorch
 keeps a *cumulative* average (batch ``n`` is weighted ``1/n``) instead of an exponential one,
-forwards every batch, optionally averages the statistics across ranks through an injected
-``all_reduce`` callable, and restores momentum and train/eval modes. Parameters are never
-touched.
+forwards every batch, optionally combines the statistics of all ranks through an injected
+``all_reduce`` (sum) callable, and restores momentum and train/eval modes. Parameters are
+never touched.
 
 What the statistics become: with ``momentum=None`` each running buffer is the plain average of
 the per-batch statistics, i.e. ``running_mean`` is the mean of the per-batch means (the exact
 data mean when batches have equal size) and ``running_var`` is the mean of the per-batch
-*unbiased* variances (not the variance of the whole data set).
+*unbiased* variances (not the variance of the whole data set). Across ranks the same holds
+over every rank's batches: each rank's averages are weighted by its number of batches, so
+shards of unequal length combine into the single-process average over the same batches.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 #: ``forward(model, inputs)``; e.g. ``lambda model, x: model(x, arch)`` for a supernet.
 ForwardFn = Callable[[nn.Module, torch.Tensor], object]
-#: Averages a tensor across ranks; returns the average or averages in place and returns None.
+#: Sums a tensor across ranks; returns the sum or sums in place and returns None.
 AllReduceFn = Callable[[torch.Tensor], "torch.Tensor | None"]
 
 
@@ -75,11 +77,13 @@ def recalibrate_bn(
         batchnorms: The layers to recalibrate; defaults to every BatchNorm layer in
             ``model``. The model runs in train mode except the other BatchNorm layers, which
             run in eval mode: they normalise with, and keep, their stored statistics.
-        all_reduce: Optional cross-rank averaging, called once after the pass with one flat
-            float tensor holding every selected layer's ``running_mean`` and ``running_var``;
-            it must return the average over ranks or average in place and return ``None``
-            (e.g. ``lambda t: dist.all_reduce(t, op=dist.ReduceOp.AVG)``). Averaging equal
-            shards per rank keeps the single-process meaning of the statistics.
+        all_reduce: Optional cross-rank *sum*, called once after the pass with one flat
+            float64 tensor: every selected layer's ``running_mean`` and ``running_var``
+            multiplied by this rank's batch count, then the batch count; it must return the
+            sum over ranks or sum in place and return ``None`` (e.g.
+            ``spos.dist.Runtime.all_reduce_sum`` or ``torch.distributed.all_reduce``). The
+            statistics become the batch-weighted average over all ranks' batches, the
+            single-process meaning; a rank with no batches contributes nothing.
 
     Returns:
         The number of images forwarded on this rank.
@@ -96,7 +100,7 @@ def recalibrate_bn(
     forward = forward if forward is not None else _default_forward
     modes = [(module, module.training) for module in model.modules()]
     momenta = [(layer, layer.momentum) for layer in layers]
-    images = 0
+    images = batch_count = 0
     try:
         for layer in layers:
             layer.reset_running_stats()
@@ -112,8 +116,9 @@ def recalibrate_bn(
             inputs = _inputs_of(batch)
             forward(model, inputs)
             images += int(inputs.shape[0])
+            batch_count += 1
         if all_reduce is not None and layers:
-            _average_across_ranks(layers, all_reduce)
+            _average_across_ranks(layers, all_reduce, batches=batch_count)
     finally:
         for layer, momentum in momenta:
             layer.momentum = momentum
@@ -123,19 +128,36 @@ def recalibrate_bn(
     return images
 
 
-def _average_across_ranks(layers: Sequence[_BatchNorm], all_reduce: AllReduceFn) -> None:
-    """One collective for all statistics instead of two per layer (a supernet has dozens)."""
+def _average_across_ranks(
+    layers: Sequence[_BatchNorm], all_reduce: AllReduceFn, *, batches: int
+) -> None:
+    """Batch-weighted average of every rank's statistics in one collective (sum).
+
+    One collective for all statistics instead of two per layer (a supernet has dozens). The
+    cumulative average on a rank is the mean of its per-batch statistics, so weighting by
+    batch count gives the mean over every rank's batches. float64 keeps the sum exact enough
+    that the order ranks are added in does not show in float32 statistics.
+    """
     buffers: list[torch.Tensor] = []
     for layer in layers:
         assert layer.running_mean is not None and layer.running_var is not None
         buffers.extend((layer.running_mean, layer.running_var))
-    flat = torch.cat([buffer.reshape(-1) for buffer in buffers])  # promotes mixed dtypes
+    flat = torch.cat(
+        [buffer.detach().reshape(-1).double() * batches for buffer in buffers]
+        + [torch.tensor([float(batches)], dtype=torch.float64, device=buffers[0].device)]
+    )
     reduced = all_reduce(flat)
     flat = reduced if reduced is not None else flat
-    if flat.numel() != sum(buffer.numel() for buffer in buffers):
+    if flat.numel() != sum(buffer.numel() for buffer in buffers) + 1:
         raise ValueError("all_reduce must return a tensor of the shape it was given")
+    total = float(flat[-1])
+    if total <= 0:
+        return  # no rank forwarded anything: keep the reset statistics
     offset = 0
     for buffer in buffers:
         count = buffer.numel()
-        buffer.copy_(flat[offset : offset + count].view_as(buffer))
+        buffer.copy_((flat[offset : offset + count] / total).view_as(buffer))
         offset += count
+    for layer in layers:
+        if layer.num_batches_tracked is not None:
+            layer.num_batches_tracked.fill_(int(round(total)))

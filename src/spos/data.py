@@ -1076,7 +1076,13 @@ def apply_crop_flip(
 
 
 def random_crop_flip(
-    images: torch.Tensor, *, padding: int, generator: torch.Generator, flip: bool = True
+    images: torch.Tensor,
+    *,
+    padding: int,
+    generator: torch.Generator,
+    flip: bool = True,
+    start: int = 0,
+    total: int | None = None,
 ) -> torch.Tensor:
     """The CIFAR augmentation on a uint8 batch: pad with zeros, random crop, random h-flip.
 
@@ -1085,11 +1091,19 @@ def random_crop_flip(
         padding: Zero padding on each side before cropping back to ``H x W``.
         generator: Source of every random draw (see :func:`crop_flip_params`).
         flip: Also flip each image horizontally with probability 1/2.
+        start: Row of ``images[0]`` within the global batch this batch is a share of.
+        total: Size of that global batch (default ``start + N``). Parameters are drawn for
+            all ``total`` images and rows ``[start, start + N)`` are used, so a batch
+            augmented in rank shards equals the same batch augmented whole.
     """
-    top, left, flips = crop_flip_params(
-        len(images), padding=padding, generator=generator, flip=flip
+    total = start + len(images) if total is None else total
+    if not 0 <= start <= total - len(images):
+        raise DataError(f"share [{start}, {start + len(images)}) lies outside a batch of {total}")
+    top, left, flips = crop_flip_params(total, padding=padding, generator=generator, flip=flip)
+    share = slice(start, start + len(images))
+    return apply_crop_flip(
+        images, padding=padding, top=top[share], left=left[share], flips=flips[share]
     )
-    return apply_crop_flip(images, padding=padding, top=top, left=left, flips=flips)
 
 
 def pad_to(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -1138,16 +1152,21 @@ class BatchStream:
     Epoch ``e`` visits the data in ``randperm`` order from a generator seeded by
     ``(seed, e)``; batch ``p`` of the epoch is the global slice ``[p * B, (p + 1) * B)``, of
     which rank ``r`` takes the ``r``-th contiguous ``B / world_size`` share. Augmentation gets a
-    generator seeded by ``(seed, epoch, position, rank)``, so a stream restored with
-    :meth:`load_state_dict` continues with exactly the batches an uninterrupted one would
-    have produced.
+    generator seeded by ``(seed, epoch, position)``, the same on every rank, and the share's
+    place in the global batch, so a stream restored with :meth:`load_state_dict` continues
+    with exactly the batches an uninterrupted one would have produced, and ``world_size``
+    ranks together see exactly the augmented images one process with the same global batch
+    sees (the data side of "checkpoints resume under another world size").
 
     Args:
         dataset: The training data.
         batch_size: Global batch size (all ranks together); must divide by ``world_size``.
         seed: Stream seed.
-        augment: ``augment(images, generator=...) -> images`` applied to each rank's uint8
-            batch, or ``None``.
+        augment: ``augment(images, generator=..., start=..., total=...) -> images`` applied
+            to each rank's uint8 share (rows ``[start, start + len(images))`` of a global
+            batch of ``total``), or ``None``. It must draw its random parameters for all
+            ``total`` images and use its rows (as :func:`random_crop_flip` does), so the
+            result does not depend on the number of ranks.
         drop_last: Skip the incomplete last batch of each epoch (the default; keeps every
             rank's batch the same size under DDP).
         rank: This process's rank.
@@ -1221,11 +1240,15 @@ class BatchStream:
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         start = self._position * self.batch_size
         global_batch = self._epoch_permutation()[start : start + self.batch_size]
-        share = global_batch.tensor_split(self.world_size)[self.rank]
+        shares = global_batch.tensor_split(self.world_size)
+        share = shares[self.rank]
         images, labels = self.dataset.images[share], self.dataset.labels[share]
         if self.augment is not None:
-            generator = make_generator(self.seed, "augment", self._epoch, self._position, self.rank)
-            images = self.augment(images, generator=generator)
+            generator = make_generator(self.seed, "augment", self._epoch, self._position)
+            start = sum(len(s) for s in shares[: self.rank])
+            images = self.augment(
+                images, generator=generator, start=start, total=len(global_batch)
+            )
         self._position += 1
         if self._position == self.steps_per_epoch:
             self._epoch, self._position = self._epoch + 1, 0

@@ -136,31 +136,56 @@ def test_unselected_layers_run_in_eval_mode_during_the_pass():
     assert torch.equal(model.features[3].running_mean, torch.full((4,), 5.0))
 
 
+def _other_rank_sum(model: nn.Module, batches: list) -> torch.Tensor:
+    """What another rank contributes to the sum: its statistics times its batch count."""
+    recalibrate_bn(model, batches)
+    stats = torch.cat([model.running_mean, model.running_var]).double() * len(batches)
+    return torch.cat([stats, torch.tensor([float(len(batches))], dtype=torch.float64)])
+
+
 def test_all_reduce_of_two_equal_shards_equals_one_pass_over_both():
     batches = random_batches(count=6)
     single = stale_batchnorm()
     recalibrate_bn(single, batches)
-    rank_one = stale_batchnorm()
-    recalibrate_bn(rank_one, batches[3:])
-    other_rank = torch.cat([rank_one.running_mean, rank_one.running_var])
+    other_rank = _other_rank_sum(stale_batchnorm(), batches[3:])
     seen = []
 
     def fake_all_reduce(flat: torch.Tensor) -> torch.Tensor:
         seen.append(flat.numel())
-        return (flat + other_rank) / 2
+        return flat + other_rank
 
     rank_zero = stale_batchnorm()
     recalibrate_bn(rank_zero, batches[:3], all_reduce=fake_all_reduce)
-    assert seen == [6]  # one collective for all statistics
+    assert seen == [7]  # one collective for all statistics and the batch count
     torch.testing.assert_close(rank_zero.running_mean, single.running_mean, rtol=0, atol=1e-6)
     torch.testing.assert_close(rank_zero.running_var, single.running_var, rtol=1e-6, atol=1e-6)
+    assert int(rank_zero.num_batches_tracked) == 6
 
-    def in_place_doubling(flat: torch.Tensor) -> None:
-        flat.mul_(2)
+    def in_place_sum_with_itself(flat: torch.Tensor) -> None:
+        flat.mul_(2)  # two identical ranks: the average is unchanged
 
     doubled = stale_batchnorm()
-    recalibrate_bn(doubled, batches, all_reduce=in_place_doubling)
-    torch.testing.assert_close(doubled.running_mean, 2 * single.running_mean)
+    recalibrate_bn(doubled, batches, all_reduce=in_place_sum_with_itself)
+    torch.testing.assert_close(doubled.running_mean, single.running_mean)
+
+
+def test_all_reduce_weights_unequal_shards_by_batch_count():
+    batches = random_batches(count=5)
+    single = stale_batchnorm()
+    recalibrate_bn(single, batches)
+    other_rank = _other_rank_sum(stale_batchnorm(), batches[1:])  # 4 batches there, 1 here
+    rank_zero = stale_batchnorm()
+    recalibrate_bn(rank_zero, batches[:1], all_reduce=lambda flat: flat + other_rank)
+    torch.testing.assert_close(rank_zero.running_mean, single.running_mean, rtol=0, atol=1e-6)
+    torch.testing.assert_close(rank_zero.running_var, single.running_var, rtol=1e-6, atol=1e-6)
+    # A plain average of the two ranks' statistics would be visibly wrong here.
+    plain = stale_batchnorm()
+    recalibrate_bn(plain, batches[:1])
+    assert not torch.allclose((plain.running_mean + other_rank[:3].float() / 4) / 2, single.running_mean, atol=1e-3)
+    # A rank with no batches contributes nothing.
+    idle = stale_batchnorm()
+    recalibrate_bn(idle, [], all_reduce=lambda flat: flat + _other_rank_sum(stale_batchnorm(), batches))
+    torch.testing.assert_close(idle.running_mean, single.running_mean, rtol=0, atol=1e-6)
 
 
 def test_failure_mid_pass_still_restores_modes_and_momenta():

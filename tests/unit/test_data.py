@@ -599,6 +599,25 @@ def test_stream_rank_shards_concatenate_to_single_rank_batch():
         assert torch.equal(torch.cat([s[0] for s in shares]), images)
 
 
+def test_augmented_rank_shards_concatenate_to_single_rank_batch():
+    # Each rank augments only its share, yet draws as if it augmented the whole global
+    # batch: N ranks together see exactly what one process with the same batch sees.
+    dataset = data.synthetic_dataset(40, channels=1, size=6, num_classes=5, seed=1)
+    augment = partial(data.random_crop_flip, padding=2)
+    single = data.BatchStream(dataset, batch_size=8, seed=5, augment=augment)
+    ranks = [
+        data.BatchStream(dataset, batch_size=8, seed=5, augment=augment, rank=r, world_size=2)
+        for r in range(2)
+    ]
+    raw = data.BatchStream(dataset, batch_size=8, seed=5)
+    for _ in range(6):
+        images, _ = next(single)
+        assert not torch.equal(images, next(raw)[0])  # augmentation is on
+        assert torch.equal(torch.cat([next(stream)[0] for stream in ranks]), images)
+    with pytest.raises(DataError, match="outside a batch of 4"):
+        augment(dataset.images[:3], generator=torch.Generator(), start=2, total=4)
+
+
 def test_stream_errors():
     dataset = index_dataset(20)
     with pytest.raises(DataError, match="divide by the 3 ranks"):

@@ -25,6 +25,7 @@ returns its summary without training again. Writes ``retrain/child.ckpt``,
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -199,8 +200,7 @@ def run(
     arch = _load_arch(arch_file, space)
     padding, flip = config.data.crop_padding, config.data.flip
 
-    def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return spos_data.random_crop_flip(images, padding=padding, flip=flip, generator=generator)
+    augment = functools.partial(spos_data.random_crop_flip, padding=padding, flip=flip)
 
     stream = spos_data.BatchStream(
         data.train,
@@ -366,7 +366,7 @@ def run(
                 yield data.to_float(images, runtime, channels_last=channels_last)
 
         count = recalibrate_bn(
-            child, batches(), all_reduce=runtime.all_reduce_mean if runtime.distributed else None
+            child, batches(), all_reduce=runtime.all_reduce_sum if runtime.distributed else None
         )
         bn_postprocessed = True
         log.info("BN post-processing: statistics recomputed over %d training images", count)

@@ -13,6 +13,7 @@ section of ``summary.json``.
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -138,9 +139,7 @@ def run(
         data.train,
         batch_size=cfg.batch_size,
         seed=seed_from(config.seed, "supernet-data"),
-        augment=lambda images, generator: spos_data.random_crop_flip(
-            images, padding=padding, flip=flip, generator=generator
-        ),
+        augment=functools.partial(spos_data.random_crop_flip, padding=padding, flip=flip),
         rank=runtime.rank,
         world_size=runtime.world_size,
     )
