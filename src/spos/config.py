@@ -129,6 +129,8 @@ class SupernetConfig:
     """Write a metrics line every N steps."""
     channels_last: bool = True
     """Use the channels_last memory format (faster on CPU and tensor cores)."""
+    amp: Literal["none", "bf16"] = "none"
+    """Mixed precision of training forwards: bf16 autocast on CUDA; ignored (one warning) on CPU."""
 
     def validate(self, prefix: str) -> None:
         _check(self.steps >= 1, f"{prefix}.steps", "must be at least 1")
@@ -226,6 +228,8 @@ class RetrainConfig:
     """After training, recompute BN statistics over one epoch (official release)."""
     checkpoint_every: int = 200
     """Resumable checkpoint every N steps."""
+    amp: Literal["none", "bf16"] = "none"
+    """Mixed precision of training forwards: bf16 autocast on CUDA; ignored (one warning) on CPU."""
 
     def validate(self, prefix: str) -> None:
         for name in ("epochs", "batch_size", "checkpoint_every"):

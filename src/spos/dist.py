@@ -4,10 +4,17 @@
 operations the stages need. Stages receive it; models never see it. Under ``torchrun`` the
 environment variables ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` select the process group (NCCL
 on CUDA, gloo on CPU); without them everything is a no-op on a single process.
+
+What the stages rely on under ``torchrun``: every rank builds the same model from the same
+seed and samples the same path from an identically seeded sampler, so DDP only has to average
+gradients; each rank reads its share of one global batch (:class:`spos.data.BatchStream`);
+only rank 0 writes files. The CUDA-only switches live here too, kept small: ``cudnn.benchmark``
+and bf16 autocast (:meth:`Runtime.autocast`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -19,7 +26,10 @@ from torch import nn
 
 from spos.errors import ConfigError
 
-__all__ = ["Runtime", "resolve_device"]
+__all__ = ["Runtime", "resolve_device", "AMP_MODES"]
+
+#: Values of the ``supernet.amp`` / ``retrain.amp`` config fields.
+AMP_MODES = ("none", "bf16")
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +77,9 @@ class Runtime:
                 torch.cuda.set_device(resolved)
             torch_dist.init_process_group(backend=backend)
             log.info("joined process group: rank %d of %d (%s)", rank, world_size, backend)
+        if resolved.type == "cuda":
+            # Each path reuses a handful of conv shapes, so autotuning pays off quickly.
+            torch.backends.cudnn.benchmark = True
         return cls(resolved, rank, world_size, local_rank)
 
     @property
@@ -85,6 +98,26 @@ class Runtime:
 
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
+
+    def autocast(self, amp: str) -> contextlib.AbstractContextManager:
+        """A reusable context for the forward pass: bf16 autocast on CUDA when ``amp="bf16"``.
+
+        bf16 needs no loss scaling (it has float32's exponent range). On CPU ``bf16`` is
+        ignored with one warning and training runs in float32: CPU autocast is slower than
+        float32 on most CPUs, and a config written for GPUs should still run on a laptop.
+
+        Raises:
+            ConfigError: ``amp`` is not one of :data:`AMP_MODES`.
+        """
+        if amp not in AMP_MODES:
+            raise ConfigError(f"amp must be one of {list(AMP_MODES)}, got {amp!r}")
+        if amp == "none":
+            return contextlib.nullcontext()
+        if self.device.type != "cuda":
+            if self.is_main:
+                log.warning("amp=%s is a CUDA option; running in float32 on %s", amp, self.device)
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
 
     def all_reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
         """Average ``tensor`` over ranks in place (no-op on one process)."""

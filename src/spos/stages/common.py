@@ -30,6 +30,7 @@ __all__ = [
     "null_progress",
     "PreparedData",
     "prepare_data",
+    "place_dataset",
     "load_test_split",
     "seed_from",
     "build_space",
@@ -143,6 +144,25 @@ def prepare_data(config: RunConfig) -> PreparedData:
         num_classes=len(full.classes),
         channels=int(full.images.shape[1]),
         image_size=int(full.images.shape[-1]),
+    )
+
+
+#: In-memory datasets up to this size go onto the GPU whole (CIFAR-10: 150 MB); larger
+#: ones stay in pinned host memory so the per-batch copy is asynchronous.
+GPU_RESIDENT_BYTES = 4 * 2**30
+
+
+def place_dataset(dataset: spos_data.ArrayDataset, runtime: Runtime) -> spos_data.ArrayDataset:
+    """Where a dataset should live for ``runtime``: unchanged on CPU; on CUDA on the GPU if
+    it is small (indexing, augmentation and normalisation then never leave the GPU), else
+    pinned host memory."""
+    if runtime.device.type != "cuda":
+        return dataset
+    size = dataset.images.numel() * dataset.images.element_size()
+    if size <= GPU_RESIDENT_BYTES:
+        return dataset.to(runtime.device)
+    return spos_data.ArrayDataset(
+        dataset.images.pin_memory(), dataset.labels.pin_memory(), dataset.classes
     )
 
 
@@ -314,16 +334,23 @@ class TrainingWindow:
     def restart_clock(self) -> None:
         self.clock = Stopwatch()
 
-    def flush(self, *, step: int, lr: float, world_size: int) -> dict[str, Any]:
-        """The metrics line of the window (images/s over all ranks); starts a new window."""
+    def flush(self, *, step: int, lr: float, runtime: Runtime) -> dict[str, Any]:
+        """The metrics line of the window over all ranks; starts a new window.
+
+        A collective under torchrun (every rank must call it at the same step): loss,
+        accuracy and image counts are summed over ranks, so the line describes the global
+        batch, as a single process would log it. Seconds are this rank's.
+        """
         seconds = self.clock()
         self.train_seconds += seconds
+        totals = torch.tensor([self.loss_sum, float(self.correct), float(self.images)], dtype=torch.float64)
+        loss_sum, correct, images = runtime.all_reduce_sum(totals.to(runtime.device)).tolist()
         record = {
             "step": step,
-            "loss": self.loss_sum / max(1, self.images),
-            "train_acc": 100.0 * self.correct / max(1, self.images),
+            "loss": loss_sum / max(1.0, images),
+            "train_acc": 100.0 * correct / max(1.0, images),
             "lr": lr,
-            "images_per_s": self.images * world_size / max(seconds, 1e-9),
+            "images_per_s": images / max(seconds, 1e-9),
         }
         self._reset()
         return record

@@ -25,6 +25,7 @@ returns its summary without training again. Writes ``retrain/child.ckpt``,
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -57,6 +58,7 @@ from spos.stages.common import (
     load_test_split,
     make_sgd,
     null_progress,
+    place_dataset,
     prepare_data,
     read_summary,
     seed_from,
@@ -196,6 +198,9 @@ def run(
     checkpoint_path = out_dir / CHECKPOINT_NAME
     arch_file = Path(arch_path) if arch_path is not None else run_dir / "arch.json"
     data = prepare_data(config)
+    data = dataclasses.replace(
+        data, train=place_dataset(data.train, runtime), val=place_dataset(data.val, runtime)
+    )
     space = build_space(config, data)
     arch = _load_arch(arch_file, space)
     padding, flip = config.data.crop_padding, config.data.flip
@@ -312,6 +317,7 @@ def run(
     )
     log_every = config.supernet.log_every
     window = TrainingWindow(train_seconds)
+    autocast = runtime.autocast(cfg.amp)
     model.train()
     while step < total_steps:
         lr = learning_rate(step, total=total_steps, peak=cfg.lr, warmup=cfg.warmup_steps, schedule=cfg.schedule)
@@ -321,8 +327,9 @@ def run(
         inputs = data.to_float(images, runtime, channels_last=channels_last)
         labels = labels.to(runtime.device)
 
-        logits = model(inputs)
-        loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
+        with autocast:
+            logits = model(inputs)
+            loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -332,7 +339,7 @@ def run(
         epoch_end = step % steps_per_epoch == 0
         if step % log_every == 0 or epoch_end or step == total_steps:
             record = {
-                **window.flush(step=step, lr=lr, world_size=runtime.world_size),
+                **window.flush(step=step, lr=lr, runtime=runtime),
                 "epoch": round(step / steps_per_epoch, 4),
             }
             metrics.write(record)

@@ -13,6 +13,7 @@ section of ``summary.json``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from pathlib import Path
@@ -26,6 +27,7 @@ from spos.checkpoint import check_space, load_checkpoint, save_checkpoint, state
 from spos.config import RunConfig, config_to_dict
 from spos.cost import CostModel
 from spos.dist import Runtime
+from spos.errors import CheckpointError
 from spos.sampling import create_sampler
 from spos.scoring import ArchScorer
 from spos.space import SearchSpace, make_rng
@@ -38,6 +40,7 @@ from spos.stages.common import (
     learning_rate,
     make_sgd,
     null_progress,
+    place_dataset,
     prepare_data,
     read_summary,
     seed_from,
@@ -50,6 +53,17 @@ __all__ = ["run", "CHECKPOINT_NAME", "build_panel", "build_scorer"]
 
 log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "supernet.ckpt"
+
+
+def _check_global_batch(payload: dict[str, Any], batch_size: int, *, path: Path) -> None:
+    """Refuse to resume with another global batch (the data position would mean other images)."""
+    stored = payload["state"].get("global_batch", payload["config"]["supernet"]["batch_size"])
+    if int(stored) != batch_size:
+        raise CheckpointError(
+            f"{path} was trained with global batch supernet.batch_size={stored}, but the config "
+            f"asks for {batch_size}; resume with batch_size={stored} (any number of ranks that "
+            "divides it), or use a new run directory"
+        )
 
 
 def build_panel(space: SearchSpace, *, seed: int, size: int) -> list:
@@ -104,12 +118,16 @@ def run(
     run_dir = Path(run_dir)
     checkpoint_path = run_dir / CHECKPOINT_NAME
     data = prepare_data(config)
+    data = dataclasses.replace(
+        data, train=place_dataset(data.train, runtime), val=place_dataset(data.val, runtime)
+    )
     space = build_space(config, data)
     # Check an existing checkpoint before writing anything, so a bad one costs nothing.
     payload = None
     if checkpoint_path.exists():
         payload = load_checkpoint(checkpoint_path, kind="supernet", map_location=runtime.device)
         check_space(payload, space, path=checkpoint_path)
+        _check_global_batch(payload, cfg.batch_size, path=checkpoint_path)
     start_run(config, run_dir, runtime)
     torch.manual_seed(seed_from(config.seed, "supernet-init"))
     supernet = build_supernet(space).to(runtime.device)
@@ -153,7 +171,12 @@ def run(
         stream.load_state_dict(state["stream"])
         torch.set_rng_state(state["torch_rng"].cpu())  # CPU RNG state, also on CUDA runs
         step, train_seconds = int(payload["step"]), float(state["train_seconds"])
-        log.info("resuming supernet training from step %d", step)
+        log.info(
+            "resuming supernet training from step %d (checkpoint of %s rank(s), now %d)",
+            step,
+            state.get("world_size", "?"),
+            runtime.world_size,
+        )
         finished = read_summary(run_dir).get("supernet")
         if step >= cfg.steps and finished is not None:
             return finished
@@ -190,6 +213,9 @@ def run(
                 "stream": stream.state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "train_seconds": window.train_seconds,
+                # Global quantities only: any world size can resume this checkpoint.
+                "global_batch": cfg.batch_size,
+                "world_size": runtime.world_size,
             },
         )
 
@@ -209,6 +235,7 @@ def run(
     metrics = MetricsLog(run_dir, enabled=runtime.is_main, resume_step=step)
     bar = progress(total=cfg.steps, initial=step, description="supernet") if runtime.is_main else null_progress(total=cfg.steps)
     window = TrainingWindow(train_seconds)
+    autocast = runtime.autocast(cfg.amp)
     last_panel: dict[str, Any] = {}
     model.train()
     while step < cfg.steps:
@@ -220,8 +247,9 @@ def run(
         inputs = data.to_float(images, runtime, channels_last=cfg.channels_last)
         labels = labels.to(runtime.device)
 
-        logits = model(inputs, arch)
-        loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
+        with autocast:
+            logits = model(inputs, arch)
+            loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         # Off-path candidates must get no update (no decay, no momentum): DDP may hand them
@@ -235,7 +263,7 @@ def run(
 
         window.add(loss, logits, labels)
         if step % cfg.log_every == 0 or step == cfg.steps:
-            record = {**window.flush(step=step, lr=lr, world_size=runtime.world_size), **sampler.stats()}
+            record = {**window.flush(step=step, lr=lr, runtime=runtime), **sampler.stats()}
             metrics.write(record)
             bar.update(0, loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.0f}")
         bar.update(1)
@@ -261,6 +289,11 @@ def run(
         "coverage": sampler.coverage,
         "sampler": cfg.sampler,
         "weights_sha256": state_dict_sha256(supernet.state_dict()),
+        "world_size": runtime.world_size,
+        # DDP keeps parameters equal on every rank; a gathered hash per rank proves it.
+        "parameters_sha256_per_rank": runtime.all_gather_objects(
+            state_dict_sha256(dict(supernet.named_parameters()))
+        ),
     }
     if runtime.is_main:
         update_summary(run_dir, "supernet", summary)
