@@ -72,7 +72,8 @@ def inherit_weights(child: nn.Module, supernet: Supernet, arch: Arch) -> nn.Modu
     """Copy the path ``arch`` of ``supernet`` into ``child`` (weights and BN statistics).
 
     Layers are matched in order: the stateful layers of ``child`` against those of
-    ``supernet.path_modules(arch)``. Where the supernet BN is non-affine the child's affine BN
+    ``supernet.standalone_path(arch)`` (the path's modules, or plain copies at the chosen
+    widths for a width-sliced supernet). Where the supernet BN is non-affine the child's affine BN
     gets scale 1 and shift 0, so in eval mode ``child(x)`` equals ``supernet(x, arch)``.
 
     Args:
@@ -96,7 +97,7 @@ def inherit_weights(child: nn.Module, supernet: Supernet, arch: Arch) -> nn.Modu
         )
     source_leaves = [
         (f"{key}.{name}" if name else key, leaf)
-        for key, module in supernet.path_modules(arch)
+        for key, module in supernet.standalone_path(arch)
         for name, leaf in _stateful_leaves(module)
     ]
     target_leaves = _stateful_leaves(child)

@@ -16,6 +16,13 @@ Conventions (say which one a number uses):
 * ``params_total``: every parameter of the standalone child network, whose BN is affine
   (3,558,464 for the released architecture).
 
+A layer may depend on several choices (a channel-search block on its type *and* its width,
+see :meth:`spos.supernet.Supernet.layer_choices`): its table is then keyed by the tuple of
+those choices' values, and :meth:`CostModel.from_space` runs covering paths until every
+combination was seen. Modules are costed through
+:meth:`spos.supernet.Supernet.standalone_path`, so a width-sliced supernet is costed at the
+chosen widths, not at the width it allocates.
+
 Tables are measured, not derived by hand: each candidate module runs once at its real input
 shape under :class:`torch.utils.flop_counter.FlopCounterMode` (which counts ``2 x MACs`` for
 convolutions, grouped and depthwise included, and matrix products). The table serialises to
@@ -25,6 +32,7 @@ uses the same format with a ``latency_ms`` metric.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -50,7 +58,9 @@ __all__ = [
 ]
 
 COST_FORMAT = "spos.cost_table"
-COST_FORMAT_VERSION = 1
+#: Newest table format understood: 2 added layers that read several choices (``reads``);
+#: a table without such layers is still written as version 1.
+COST_FORMAT_VERSION = 2
 
 #: The metrics :meth:`CostModel.from_space` measures.
 METRICS = ("flops", "params", "params_total")
@@ -110,13 +120,55 @@ def module_costs(module: nn.Module, *inputs: torch.Tensor) -> dict[str, int]:
     }
 
 
-def _covering_archs(space: SearchSpace) -> list[Arch]:
-    """A few architectures that together use every option of every choice."""
-    width = max(len(choice.options) for choice in space.choices)
-    return [
-        space.arch([choice.options[i % len(choice.options)] for choice in space.choices])
-        for i in range(width)
-    ]
+def _combinations(space: SearchSpace, reads: tuple[str, ...]) -> list[Any]:
+    """Table keys of a layer reading ``reads``: options of one choice, or tuples of several."""
+    options = [space.choice(label).options for label in reads]
+    if len(reads) == 1:
+        return list(options[0])
+    return list(itertools.product(*options))
+
+
+def _layer_value(arch: Arch, reads: tuple[str, ...]) -> Any:
+    """The table key of a layer reading ``reads`` in ``arch`` (None for a shared layer)."""
+    if not reads:
+        return None
+    if len(reads) == 1:
+        return arch[reads[0]]
+    return tuple(arch[label] for label in reads)
+
+
+def _covering_archs(
+    space: SearchSpace, reads: Iterable[tuple[str, ...]] | None = None
+) -> list[Arch]:
+    """A few architectures that together run every table entry of every layer.
+
+    ``reads`` lists the choices each layer reads (default: one layer per choice, reading it).
+    Greedy cover: each architecture takes, layer by layer, a combination not yet seen that
+    agrees with the choices already fixed; choices read by no layer cycle through their
+    options. With disjoint layers this needs as many paths as the largest layer has entries
+    (4 for the block search, 32 for block x width).
+    """
+    groups = list(dict.fromkeys(r for r in (reads or ((c.label,) for c in space.choices)) if r))
+    missing = {group: _combinations(space, group) for group in groups}
+    archs: list[Arch] = []
+    while any(missing.values()):
+        fixed: dict[str, Value] = {}
+        for group in sorted(groups, key=lambda g: -len(missing[g])):
+            for combo in missing[group]:
+                values = (combo,) if len(group) == 1 else combo
+                if all(fixed.get(label, value) == value for label, value in zip(group, values, strict=True)):
+                    fixed.update(zip(group, values, strict=True))
+                    break
+        index = len(archs)
+        arch = space.arch(
+            [fixed.get(c.label, c.options[index % len(c.options)]) for c in space.choices]
+        )
+        for group in groups:
+            value = _layer_value(arch, group)
+            if value in missing[group]:
+                missing[group].remove(value)
+        archs.append(arch)
+    return archs
 
 
 class CostModel:
@@ -130,7 +182,10 @@ class CostModel:
         space_version: Version of that space.
         metrics: Names of the metrics, e.g. ``("flops", "params", "params_total")``.
         fixed: Cost every path pays (stem, head), per metric.
-        layers: ``(label, {option: {metric: cost}})`` for every choice, in the space's order.
+        layers: ``(label, {option: {metric: cost}})`` for every choice, in the space's order;
+            for a layer reading several choices, ``(key, {(value, ...): {metric: cost}})``.
+        reads: The choice labels each layer reads, in the order of its tuple keys; ``None``
+            means every layer reads the choice it is labelled with.
     """
 
     def __init__(
@@ -140,7 +195,8 @@ class CostModel:
         space_version: int,
         metrics: Sequence[str],
         fixed: Mapping[str, Number],
-        layers: Sequence[tuple[str, Mapping[Value, Mapping[str, Number]]]],
+        layers: Sequence[tuple[str, Mapping[Any, Mapping[str, Number]]]],
+        reads: Sequence[Sequence[str]] | None = None,
     ) -> None:
         self.space_name = space_name
         self.space_version = int(space_version)
@@ -150,6 +206,15 @@ class CostModel:
             raise ConfigError(f"cost table has no fixed cost for metric(s) {missing}")
         self.fixed = {metric: fixed[metric] for metric in self.metrics}
         self.labels = tuple(label for label, _ in layers)
+        self.reads: tuple[tuple[str, ...], ...] = (
+            tuple((label,) for label in self.labels)
+            if reads is None
+            else tuple(tuple(str(r) for r in group) for group in reads)
+        )
+        if len(self.reads) != len(self.labels) or not all(self.reads):
+            raise ConfigError("cost table: give one non-empty tuple of read choices per layer")
+        # Every layer reads just its own choice: lookups zip the tables with the arch values.
+        self._one_choice_layers = self.reads == tuple((label,) for label in self.labels)
         self.layers = tuple(
             (label, {option: dict(costs) for option, costs in options.items()})
             for label, options in layers
@@ -179,19 +244,23 @@ class CostModel:
         with torch.device("meta"):
             supernet = build_supernet(space)
         sample = torch.zeros((1, *supernet.input_shape), device="meta")
+        first = space.arch([c.options[0] for c in space.choices])
+        reads = {key: supernet.layer_choices(key) for key, _ in supernet.path_modules(first)}
 
         # Capture the input of every path module: run a few covering paths with hooks. A slot
         # is (position on the path, key, option): a choice may drive several modules (e.g. one
         # NAS-Bench-201 cell repeated 15 times), whose costs add up.
         inputs: dict[tuple[int, str, Value | None], tuple[nn.Module, tuple[torch.Tensor, ...]]] = {}
-        labels = set(space.labels)
         supernet.eval()
-        for arch in _covering_archs(space):
+        for arch in _covering_archs(space, reads.values()):
             handles = []
-            for position, (key, module) in enumerate(supernet.path_modules(arch)):
-                slot = (position, key, arch[key] if key in labels else None)
+            # Hooks on the modules the path runs capture inputs; costs are counted on the
+            # standalone modules (the chosen widths of a width-sliced supernet).
+            path = zip(supernet.path_modules(arch), supernet.standalone_path(arch), strict=True)
+            for position, ((key, module), (_, alone)) in enumerate(path):
+                slot = (position, key, _layer_value(arch, reads.get(key, ())))
 
-                def capture(_module: nn.Module, args: tuple, slot=slot, module=module) -> None:
+                def capture(_module: nn.Module, args: tuple, slot=slot, module=alone) -> None:
                     tensors = tuple(a.detach() for a in args if torch.is_tensor(a))
                     inputs.setdefault(slot, (module, tensors))
 
@@ -203,8 +272,12 @@ class CostModel:
                 for handle in handles:
                     handle.remove()
 
+        order = {label: index for index, label in enumerate(space.labels)}
+        keys = sorted(
+            (key for key, r in reads.items() if r), key=lambda k: min(order[r] for r in reads[k])
+        )
         fixed = dict.fromkeys(METRICS, 0)
-        layers: dict[str, dict[Value, dict[str, int]]] = {label: {} for label in space.labels}
+        layers: dict[str, dict[Any, dict[str, int]]] = {key: {} for key, r in reads.items() if r}
         for (_, key, option), (module, tensors) in inputs.items():
             costs = module_costs(module, *tensors)
             target = fixed if option is None else layers[key].setdefault(option, dict.fromkeys(METRICS, 0))
@@ -215,7 +288,8 @@ class CostModel:
             space_version=space.version,
             metrics=METRICS,
             fixed=fixed,
-            layers=[(c.label, {o: layers[c.label][o] for o in c.options}) for c in space.choices],
+            layers=[(key, {o: layers[key][o] for o in _combinations(space, reads[key])}) for key in keys],
+            reads=[reads[key] for key in keys],
         )
 
     # ----------------------------------------------------------------- lookups
@@ -234,8 +308,15 @@ class CostModel:
             ) from None
         total = self.fixed[metric]
         try:
-            for table, (_, value) in zip(tables, arch.values, strict=True):
-                total += table[value]
+            if self._one_choice_layers:
+                for table, (_, value) in zip(tables, arch.values, strict=True):
+                    total += table[value]
+            else:
+                values = dict(arch.values)
+                for table, reads in zip(tables, self.reads, strict=True):
+                    total += table[
+                        values[reads[0]] if len(reads) == 1 else tuple(values[r] for r in reads)
+                    ]
         except (KeyError, ValueError):
             raise ArchError(
                 f"architecture {arch.short()} does not match the cost table of {self.space_name!r}"
@@ -259,7 +340,11 @@ class CostModel:
         return {metric: self.cost(arch, metric) for metric in self.metrics}
 
     def bounds(self, metric: str) -> tuple[Number, Number]:
-        """Smallest and largest cost of any architecture of the space in ``metric``."""
+        """Smallest and largest cost of any architecture of the space in ``metric``.
+
+        Exact when no two layers read the same choice (every built-in space); otherwise an
+        outer bound.
+        """
         if metric not in self._tables:
             raise ConfigError(
                 f"unknown cost metric {metric!r}; this cost model has {list(self.metrics)}"
@@ -272,19 +357,26 @@ class CostModel:
     # ----------------------------------------------------------------- serialisation
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form; :meth:`from_dict` rebuilds an equal model."""
+        def layer(label: str, reads: tuple[str, ...], options: Mapping[Any, Any]) -> dict:
+            entry: dict[str, Any] = {"label": label}
+            if reads != (label,):
+                entry["reads"] = list(reads)
+            entry["options"] = [
+                {"value": list(option) if isinstance(option, tuple) else option, **costs}
+                for option, costs in options.items()
+            ]
+            return entry
+
         return {
             "format": COST_FORMAT,
-            "format_version": COST_FORMAT_VERSION,
+            "format_version": 1 if self._one_choice_layers else COST_FORMAT_VERSION,
             "space": self.space_name,
             "space_version": self.space_version,
             "metrics": list(self.metrics),
             "fixed": dict(self.fixed),
             "layers": [
-                {
-                    "label": label,
-                    "options": [{"value": option, **costs} for option, costs in options.items()],
-                }
-                for label, options in self.layers
+                layer(label, reads, options)
+                for (label, options), reads in zip(self.layers, self.reads, strict=True)
             ],
         }
 
@@ -308,7 +400,9 @@ class CostModel:
                 (
                     str(layer["label"]),
                     {
-                        option["value"]: {m: option[m] for m in metrics}
+                        (tuple(option["value"]) if "reads" in layer else option["value"]): {
+                            m: option[m] for m in metrics
+                        }
                         for option in layer["options"]
                     },
                 )
@@ -320,6 +414,7 @@ class CostModel:
                 metrics=metrics,
                 fixed={m: data["fixed"][m] for m in metrics},
                 layers=layers,
+                reads=[layer.get("reads", [layer["label"]]) for layer in data["layers"]],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"malformed cost table (missing or bad {exc})") from None
@@ -331,9 +426,17 @@ class CostModel:
                 f"cost table is for space {self.space_name!r} v{self.space_version}, not "
                 f"{space.name!r} v{space.version}; rebuild it with CostModel.from_space"
             )
-        expected: Iterable[tuple[str, set]] = ((c.label, set(c.options)) for c in space.choices)
-        actual = [(label, set(options)) for label, options in self.layers]
-        if list(expected) != actual:
+        if self._one_choice_layers:
+            expected: list[tuple[str, set]] = [(c.label, set(c.options)) for c in space.choices]
+            actual = [(label, set(options)) for label, options in self.layers]
+        else:
+            known = set(space.labels)
+            expected = [
+                (label, set(_combinations(space, reads)) if set(reads) <= known else set())
+                for label, reads in zip(self.labels, self.reads, strict=True)
+            ]
+            actual = [(label, set(options)) for label, options in self.layers]
+        if expected != actual:
             raise ConfigError(
                 f"cost table of {self.space_name!r} does not cover the space's choices; "
                 "rebuild it with CostModel.from_space"

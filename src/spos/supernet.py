@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 #: Modules that register the built-in families when imported (add new families here).
-_BUILTIN_FAMILY_MODULES = ("spos.spaces.shufflenet",)
+_BUILTIN_FAMILY_MODULES = ("spos.spaces.shufflenet", "spos.spaces.channel")
 
 
 class Supernet(nn.Module):
@@ -70,6 +70,27 @@ class Supernet(nn.Module):
         (:func:`spos.childnet.inherit_weights`) are built from this list.
         """
         raise NotImplementedError
+
+    def layer_choices(self, key: str) -> tuple[str, ...]:
+        """The choice labels whose values decide what the path module ``key`` computes.
+
+        The default: a module keyed by a choice label depends on that choice alone, shared
+        modules (``"stem"``, ``"head"``) on none. A supernet whose module reads several
+        choices (a block's type and its width) overrides this; :class:`spos.cost.CostModel`
+        then tabulates that module per combination of their values.
+        """
+        return (key,) if key in self.space.labels else ()
+
+    def standalone_path(self, arch: Arch) -> list[tuple[str, nn.Module]]:
+        """Modules holding exactly the weights of the path ``arch``, runnable on their own.
+
+        Same keys and order as :meth:`path_modules`, and each module takes the same tensor
+        inputs. The default is :meth:`path_modules` itself; a supernet that slices a wider
+        weight per path returns plain copies at the chosen widths, so cost counting and
+        :func:`spos.childnet.inherit_weights` see the child's shapes. Copies share no storage
+        with the supernet: use :meth:`path_modules` for training and BN recalibration.
+        """
+        return self.path_modules(arch)
 
     def check_arch(self, arch: Arch) -> None:
         """Cheap check that ``arch`` names this supernet's space (no per-value validation)."""

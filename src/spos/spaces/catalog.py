@@ -98,3 +98,6 @@ def shufflenet_cifar(**layout: Any) -> SearchSpace:
         dropout=0.1,
     )
     return shufflenet_space("shufflenet_cifar", **{**defaults, **layout})
+
+
+import spos.spaces.channel_catalog  # noqa: E402,F401  (registers the block + channel spaces)
