@@ -15,6 +15,13 @@ Conventions (say which one a number uses):
 * ``params``: parameters of convolution and linear layers (the paper's 3.53M convention).
 * ``params_total``: every parameter of the standalone child network, whose BN is affine
   (3,558,464 for the released architecture).
+* ``bitops``: for mixed-precision spaces, ``flops x weight_bits x activation_bits`` summed
+  over layers; a layer that exposes integer ``weight_bits`` and ``activation_bits``
+  (:class:`spos.quant.QuantConvBN`) uses its own, every other conv/linear layer (the
+  full-precision stem and classifier, every layer of a float space) counts 32 x 32.
+* ``size_bits``: model size in bits: conv/linear parameters (``params``) times the layer's
+  weight bits (32 for full precision). BN parameters and LSQ step sizes are left out (BN
+  folds into the preceding conv at deployment; steps are one scalar per layer).
 
 A layer may depend on several choices (a channel-search block on its type *and* its width,
 see :meth:`spos.supernet.Supernet.layer_choices`): its table is then keyed by the tuple of
@@ -45,6 +52,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from spos.arch import Arch, Value
 from spos.errors import ArchError, ConfigError
+from spos.quant import FULL_PRECISION_BITS
 from spos.space import SearchSpace
 
 __all__ = [
@@ -63,7 +71,7 @@ COST_FORMAT = "spos.cost_table"
 COST_FORMAT_VERSION = 2
 
 #: The metrics :meth:`CostModel.from_space` measures.
-METRICS = ("flops", "params", "params_total")
+METRICS = ("flops", "params", "params_total", "bitops", "size_bits")
 
 Number = int | float
 
@@ -86,14 +94,37 @@ def _total_parameters(module: nn.Module) -> int:
     return total
 
 
+def _bit_widths(module: nn.Module) -> tuple[int, int] | None:
+    """``(weight_bits, activation_bits)`` of a quantised layer, ``None`` for a float one."""
+    weight_bits = getattr(module, "weight_bits", None)
+    activation_bits = getattr(module, "activation_bits", None)
+    if isinstance(weight_bits, int) and isinstance(activation_bits, int):
+        return weight_bits, activation_bits
+    return None
+
+
 @torch.no_grad()
 def module_costs(module: nn.Module, *inputs: torch.Tensor) -> dict[str, int]:
-    """``flops``, ``params`` and ``params_total`` of ``module`` run on ``inputs``.
+    """Every metric of :data:`METRICS` for ``module`` run on ``inputs``.
 
     FLOPs are ``FlopCounterMode``'s forward count divided by two (multiply-accumulates) and
     scale with the batch size of ``inputs``; give batch-1 inputs for per-image numbers.
+    BitOps and size count each quantised layer (one with integer ``weight_bits`` and
+    ``activation_bits``; not nested in another) at its bit widths, the rest at 32 bits.
     """
     bias_adds = 0
+    counter = FlopCounterMode(display=False)
+    quantized: dict[int, list[int]] = {}  # id -> [MACs, weight bits, activation bits, params]
+    started: dict[int, int] = {}
+
+    def enter(layer: nn.Module, _args: tuple) -> None:
+        started[id(layer)] = counter.get_total_flops()
+
+    def leave(layer: nn.Module, _args: tuple, _output: torch.Tensor) -> None:
+        bits = _bit_widths(layer)
+        assert bits is not None
+        entry = quantized.setdefault(id(layer), [0, *bits, _conv_linear_parameters(layer)])
+        entry[0] += (counter.get_total_flops() - started.pop(id(layer))) // 2
 
     def count_bias(layer: nn.Module, _args: tuple, output: torch.Tensor) -> None:
         nonlocal bias_adds
@@ -104,19 +135,31 @@ def module_costs(module: nn.Module, *inputs: torch.Tensor) -> dict[str, int]:
         for layer in module.modules()
         if isinstance(layer, (nn.modules.conv._ConvNd, nn.Linear)) and layer.bias is not None
     ]
+    for layer in module.modules():
+        if _bit_widths(layer) is not None:
+            handles += [layer.register_forward_pre_hook(enter), layer.register_forward_hook(leave)]
     was_training = module.training
     module.eval()
     try:
-        with FlopCounterMode(display=False) as counter:
+        with counter:
             module(*(tensor.clone() for tensor in inputs))
     finally:
         module.train(was_training)
         for handle in handles:
             handle.remove()
+    flops = int(counter.get_total_flops()) // 2 + bias_adds
+    params = _conv_linear_parameters(module)
+    full = FULL_PRECISION_BITS
+    quantized_macs = sum(macs for macs, _, _, _ in quantized.values())
+    quantized_params = sum(count for _, _, _, count in quantized.values())
     return {
-        "flops": int(counter.get_total_flops()) // 2 + bias_adds,
-        "params": _conv_linear_parameters(module),
+        "flops": flops,
+        "params": params,
         "params_total": _total_parameters(module),
+        "bitops": (flops - quantized_macs) * full * full
+        + sum(macs * w * a for macs, w, a, _ in quantized.values()),
+        "size_bits": (params - quantized_params) * full
+        + sum(count * w for _, w, _, count in quantized.values()),
     }
 
 

@@ -48,6 +48,8 @@ def test_reference_architecture_matches_the_paper(imagenet):
         "flops": cost.flops(arch),
         "params": cost.params(arch),
         "params_total": 3_558_464,
+        "bitops": cost.flops(arch) * 32 * 32,  # a float space: every layer counts 32 x 32
+        "size_bits": cost.params(arch) * 32,
     }
 
 
@@ -78,18 +80,32 @@ def test_tables_add_up_to_the_whole_child_network(imagenet, fmnist, seed):
     for space, cost in (imagenet, fmnist):
         arch = space.sample(make_rng(seed, "cost"))
         flops, params, params_total = _child_counts(space, arch)
-        assert cost.costs(arch) == {"flops": flops, "params": params, "params_total": params_total}
+        assert cost.costs(arch) == {
+            "flops": flops,
+            "params": params,
+            "params_total": params_total,
+            "bitops": flops * 32 * 32,
+            "size_bits": params * 32,
+        }
 
 
 def test_module_costs_of_a_depthwise_conv_is_the_closed_form():
     conv = nn.Conv2d(32, 32, 5, 2, 2, groups=32, bias=False)
     costs = module_costs(conv, torch.zeros(1, 32, 14, 14))
-    assert costs == {"flops": 7 * 7 * 32 * 25, "params": 32 * 25, "params_total": 32 * 25}
+    assert costs == {
+        "flops": 7 * 7 * 32 * 25,
+        "params": 32 * 25,
+        "params_total": 32 * 25,
+        "bitops": 7 * 7 * 32 * 25 * 32 * 32,
+        "size_bits": 32 * 25 * 32,
+    }
     bn = nn.BatchNorm2d(8, affine=False)
     assert module_costs(bn, torch.zeros(1, 8, 4, 4)) == {
         "flops": 0,
         "params": 0,
         "params_total": 16,
+        "bitops": 0,
+        "size_bits": 0,
     }
 
 

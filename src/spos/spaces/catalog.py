@@ -101,3 +101,6 @@ def shufflenet_cifar(**layout: Any) -> SearchSpace:
 
 
 import spos.spaces.channel_catalog  # noqa: E402,F401  (registers the block + channel spaces)
+
+
+import spos.spaces.quant_catalog  # noqa: E402,F401  (registers the mixed-precision ResNet spaces)

@@ -169,6 +169,38 @@ def _verify_onnx(path: Path, reference: dict[str, torch.Tensor], batches: dict[s
     )
 
 
+def _has_fake_quant(child: nn.Module) -> bool:
+    from spos.quant import LsqQuantizer
+
+    return any(isinstance(module, LsqQuantizer) for module in child.modules())
+
+
+def _onnx_rounding_flips(
+    path: Path, reference: dict[str, torch.Tensor], batches: dict[str, torch.Tensor]
+) -> dict[str, Any] | None:
+    """Per-image check of a fake-quantised model's ONNX program; ``None`` if it fails.
+
+    Fake quantisation rounds activations; ONNX Runtime's convolutions sum in another order
+    than PyTorch's (differences of ~1e-7), so an activation lying that close to a rounding
+    boundary lands on the neighbouring level and that image's logits move by far more than
+    :data:`TOLERANCE`. Such flips are rare and touch few images; a wrong export touches all.
+    The check passes when at most a quarter of the images exceed the tolerance and the
+    median image's largest difference is within it (recorded in ``summary.json``).
+    """
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    diffs: list[float] = []
+    for name, inputs in batches.items():
+        outputs = torch.as_tensor(session.run(["logits"], {"images": inputs.numpy()})[0])
+        diffs += (outputs - reference[name]).abs().flatten(1).max(1).values.tolist()
+    over = sum(not diff <= TOLERANCE for diff in diffs)
+    median = sorted(diffs)[len(diffs) // 2]
+    if over > len(diffs) // 4 or not median <= TOLERANCE:
+        return None
+    return {"images": len(diffs), "images_over_tolerance": over, "median_max_abs_diff": median, "max_abs_diff": max(diffs)}
+
+
 def _export_program(
     child: nn.Module,
     example: torch.Tensor,
@@ -308,7 +340,19 @@ def _write_bundle(
     exporter = _export_onnx(child, example, folder / "model.onnx")
     onnx_diff = _verify_onnx(folder / "model.onnx", reference, batches)
     program_diff = _export_program(child, example, folder / "model.pt2", reference, batches)
+    onnx_flips = None
+    if not onnx_diff <= TOLERANCE and _has_fake_quant(child):
+        onnx_flips = _onnx_rounding_flips(folder / "model.onnx", reference, batches)
+        if onnx_flips is not None:
+            log.warning(
+                "model.onnx: %d of %d checked images differ by more than %g, as expected of "
+                "fake quantisation where ONNX Runtime's convolutions round an activation to the "
+                "neighbouring level; the other images agree within tolerance",
+                onnx_flips["images_over_tolerance"], onnx_flips["images"], TOLERANCE,
+            )
     for name, diff in (("model.onnx", onnx_diff), ("model.pt2", program_diff)):
+        if name == "model.onnx" and onnx_flips is not None:
+            continue  # checked image by image above
         if not diff <= TOLERANCE:  # also catches NaN
             raise SposError(
                 f"exported {name} differs from the PyTorch model by up to {diff:.3g} (tolerance "
@@ -345,6 +389,7 @@ def _write_bundle(
     }
     return {
         "onnx_max_abs_diff": onnx_diff,
+        "onnx_fake_quant_rounding_flips": onnx_flips,
         "torch_export_max_abs_diff": program_diff,
         "tolerance": TOLERANCE,
         "checked_images": sum(len(inputs) for inputs in batches.values()),
