@@ -211,6 +211,8 @@ def test_search_under_a_bitops_constraint_never_evaluates_a_violator(tmp_path):
     history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
     assert len(history) == 12
     assert all(record["bitops"] <= limit for record in history)
+    pareto = json.loads((tmp_path / "pareto.json").read_text())
+    assert pareto["x"] == "bitops"  # the front runs along the constrained cost
     best = json.loads((tmp_path / "arch.json").read_text())
     assert best["costs"]["bitops"] <= limit
     assert all(re_value.startswith("w") for re_value in best["arch"].values())

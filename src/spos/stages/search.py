@@ -113,7 +113,10 @@ def _search_one(
     for record in strategy.history:
         arch = space.arch(record["arch"])
         history.append({**record, **costs_of(arch)})
-    front = pareto_front([(record["flops"], record["score"]) for record in history])
+    # The front runs along the first constrained cost (BitOps for a mixed-precision search,
+    # whose FLOPs do not vary), else along FLOPs.
+    x_metric = next((c.metric for c in config.search.constraints if history and c.metric in history[0]), "flops")
+    front = pareto_front([(record[x_metric], record["score"]) for record in history])
     summary = {
         "strategy": name,
         "best_score": best_score,
@@ -127,7 +130,7 @@ def _search_one(
         out_dir.mkdir(parents=True, exist_ok=True)
         best_arch.save(out_dir / "arch.json", score=best_score, costs=costs_of(best_arch), strategy=name)
         _write_history(out_dir / "history.jsonl", history)
-        write_json(out_dir / "pareto.json", {"x": "flops", "y": "score", "front": [history[i] for i in front]})
+        write_json(out_dir / "pareto.json", {"x": x_metric, "y": "score", "front": [history[i] for i in front]})
     return summary
 
 
