@@ -115,6 +115,17 @@ class SupernetConfig:
     """Number of equal FLOPs bins for constraint sampling (official: 7)."""
     sampler_max_tries: int = 100
     """Rejection-sampling tries per step before falling back to a uniform path."""
+    choice_warmup_steps: int = 0
+    """Steps during which choices labelled ``choice_warmup_prefix*`` only take
+    ``choice_warmup_option`` (channel search: every block at full width, so narrow paths do not
+    derail early training); 0 disables the warm-up. Not with sampler=fair."""
+    choice_widen_steps: int = 0
+    """Steps after the warm-up over which those choices' allowed options grow linearly to all
+    of them, nearest to choice_warmup_option first; 0 allows all right after the warm-up."""
+    choice_warmup_prefix: str = "width_"
+    """Label prefix of the choices the warm-up restricts (``width_`` in channel spaces)."""
+    choice_warmup_option: float = 1.0
+    """The option those choices take during the warm-up (1.0: full width)."""
     eval_every: int = 500
     """Evaluate the architecture panel every N steps (0: only at the end)."""
     panel_size: int = 5
@@ -142,6 +153,8 @@ class SupernetConfig:
         _check(0 <= self.warmup_steps < self.steps, f"{prefix}.warmup_steps", "must be in [0, steps)")
         _check(self.flops_bins >= 1, f"{prefix}.flops_bins", "must be at least 1")
         _check(self.sampler_max_tries >= 1, f"{prefix}.sampler_max_tries", "must be at least 1")
+        for name in ("choice_warmup_steps", "choice_widen_steps"):
+            _check(getattr(self, name) >= 0, f"{prefix}.{name}", "must be >= 0")
         for name in ("eval_every", "panel_size"):
             _check(getattr(self, name) >= 0, f"{prefix}.{name}", "must be >= 0")
         for name in ("panel_val_images", "panel_recalibrate_images", "checkpoint_every", "log_every"):

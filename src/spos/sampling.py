@@ -12,6 +12,12 @@ One architecture is drawn per optimiser step. Three strategies:
 Samplers are torch-free, take an explicit ``random.Random`` and expose JSON-able
 ``state_dict``/``load_state_dict`` so a resumed run draws the same paths. Every sampler
 records coverage: how often each option of each choice was trained.
+
+A :class:`ChoiceSchedule` restricts some choices during early training and widens them step by
+step: the convergence aid of width supernets (issue 7), whose narrow paths make training
+diverge when sampled from the first step. Channel search holds every ``width_XX`` at scale 1.0
+for a warm-up, then admits the scales nearest to 1.0 first until all eight are sampled. Any
+space can use it: the schedule names choices by label prefix and an anchor option.
 """
 
 from __future__ import annotations
@@ -21,11 +27,18 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from spos.arch import Arch
+from spos.arch import Arch, Value
 from spos.errors import ConfigError
 from spos.space import SearchSpace
 
-__all__ = ["PathSampler", "UniformSampler", "ConstraintSampler", "FairSampler", "create_sampler"]
+__all__ = [
+    "ChoiceSchedule",
+    "PathSampler",
+    "UniformSampler",
+    "ConstraintSampler",
+    "FairSampler",
+    "create_sampler",
+]
 
 
 def _rng_state_to_json(rng: random.Random) -> list[Any]:
@@ -38,12 +51,93 @@ def _rng_state_from_json(rng: random.Random, state: list[Any]) -> None:
     rng.setstate((int(version), tuple(int(v) for v in internal), gauss))
 
 
-class PathSampler(abc.ABC):
-    """Base class: draws paths, counts coverage, saves and restores its state."""
+class ChoiceSchedule:
+    """Which options some choices may take at each training step (warm-up, then widening).
 
-    def __init__(self, space: SearchSpace, rng: random.Random) -> None:
+    Choices whose label starts with ``prefix`` take only ``anchor`` for the first
+    ``warmup_steps`` steps. Over the next ``widen_steps`` steps the number of allowed options
+    grows linearly to all of them, adding options in order of their distance from the anchor
+    in the choice's option list (ties: the earlier option first); with ``widen_steps=0`` every
+    option is allowed right after the warm-up. Other choices are never restricted.
+
+    Args:
+        space: The search space.
+        prefix: Label prefix of the restricted choices, e.g. ``"width_"``.
+        anchor: The option they start from, e.g. ``1.0`` (full width).
+        warmup_steps: Steps with only the anchor allowed.
+        widen_steps: Steps over which the allowed set grows to every option.
+
+    Raises:
+        ConfigError: If no choice has the prefix, one lacks the anchor, or a step count is
+            negative.
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        *,
+        prefix: str,
+        anchor: Value,
+        warmup_steps: int,
+        widen_steps: int = 0,
+    ) -> None:
+        if warmup_steps < 0 or widen_steps < 0:
+            raise ConfigError(
+                f"choice schedule steps must be >= 0 (warm-up {warmup_steps}, widening {widen_steps})"
+            )
+        restricted = [c for c in space.choices if c.label.startswith(prefix)]
+        if not restricted:
+            raise ConfigError(
+                f"supernet.choice_warmup_prefix {prefix!r} matches no choice of space "
+                f"{space.name!r} (labels: {list(space.labels)[:4]}...); set it to the label "
+                "prefix of the choices to warm up, or disable the warm-up"
+            )
+        self.ranked: dict[str, tuple[Value, ...]] = {}
+        for choice in restricted:
+            if anchor not in choice.options:
+                raise ConfigError(
+                    f"supernet.choice_warmup_option {anchor!r} is not an option of "
+                    f"{choice.label!r} (options {list(choice.options)})"
+                )
+            start = choice.options.index(anchor)
+            order = sorted(range(len(choice.options)), key=lambda i, s=start: (abs(i - s), i))
+            self.ranked[choice.label] = tuple(choice.options[i] for i in order)
+        self.prefix, self.anchor = prefix, anchor
+        self.warmup_steps, self.widen_steps = int(warmup_steps), int(widen_steps)
+
+    def allowed(self, step: int) -> dict[str, tuple[Value, ...]]:
+        """``{label: allowed options}`` of the restricted choices at ``step`` (0-based)."""
+        result = {}
+        for label, ranked in self.ranked.items():
+            count = len(ranked)
+            if step < self.warmup_steps:
+                count = 1
+            elif step < self.warmup_steps + self.widen_steps:
+                count = 1 + (len(ranked) - 1) * (step - self.warmup_steps) // self.widen_steps
+            result[label] = ranked[:count]
+        return result
+
+    def is_restricted(self, step: int) -> bool:
+        """Whether some choice is still restricted at ``step``."""
+        return step < self.warmup_steps + self.widen_steps
+
+
+class PathSampler(abc.ABC):
+    """Base class: draws paths, counts coverage, saves and restores its state.
+
+    Args:
+        space: The search space.
+        rng: Random generator.
+        schedule: Optional restriction of some choices early in training; ``None`` samples
+            the whole space from the first step.
+    """
+
+    def __init__(
+        self, space: SearchSpace, rng: random.Random, *, schedule: ChoiceSchedule | None = None
+    ) -> None:
         self.space = space
         self.rng = rng
+        self.schedule = schedule
         self.coverage: dict[str, dict[str, int]] = {
             c.label: {str(o): 0 for o in c.options} for c in space.choices
         }
@@ -52,6 +146,15 @@ class PathSampler(abc.ABC):
     @abc.abstractmethod
     def _draw(self) -> Arch:
         """One path, before coverage is counted."""
+
+    def _uniform(self) -> Arch:
+        """A uniform path among the options the schedule allows at the current step."""
+        if self.schedule is None or not self.schedule.is_restricted(self.steps):
+            return self.space.sample(self.rng)
+        allowed = self.schedule.allowed(self.steps)
+        return self.space.arch(
+            [self.rng.choice(allowed.get(c.label, c.options)) for c in self.space.choices]
+        )
 
     def sample(self) -> Arch:
         """The path for the next optimiser step (recorded in the coverage counts)."""
@@ -83,7 +186,7 @@ class UniformSampler(PathSampler):
     """Every choice uniformly and independently."""
 
     def _draw(self) -> Arch:
-        return self.space.sample(self.rng)
+        return self._uniform()
 
 
 class ConstraintSampler(PathSampler):
@@ -97,6 +200,8 @@ class ConstraintSampler(PathSampler):
         high: Upper edge of the allowed FLOPs range.
         bins: Number of equal-width bins.
         max_tries: Rejection-sampling tries before falling back to a uniform path.
+        schedule: Optional choice restriction; candidates are drawn among the allowed
+            options, so bins out of reach during a warm-up count as fallbacks.
     """
 
     def __init__(
@@ -109,8 +214,9 @@ class ConstraintSampler(PathSampler):
         high: float,
         bins: int,
         max_tries: int,
+        schedule: ChoiceSchedule | None = None,
     ) -> None:
-        super().__init__(space, rng)
+        super().__init__(space, rng, schedule=schedule)
         if not low < high:
             raise ConfigError(f"constraint sampling needs flops_min < flops_max (got {low}, {high})")
         self.flops = flops
@@ -124,7 +230,7 @@ class ConstraintSampler(PathSampler):
         low, high = self.edges[index]
         last = index == len(self.edges) - 1
         for _ in range(self.max_tries):
-            arch = self.space.sample(self.rng)
+            arch = self._uniform()
             value = self.flops(arch)
             if low <= value < high or (last and value == high):  # half-open bins
                 return arch
@@ -187,17 +293,35 @@ def create_sampler(
     flops_range: tuple[float, float] | None = None,
     bins: int = 7,
     max_tries: int = 100,
+    schedule: ChoiceSchedule | None = None,
 ) -> PathSampler:
-    """Build the sampler called ``name`` (``uniform``, ``constraint`` or ``fair``)."""
+    """Build the sampler called ``name`` (``uniform``, ``constraint`` or ``fair``).
+
+    ``schedule`` restricts some choices early in training (uniform and constraint sampling;
+    strict fairness over a changing option set is not defined, so ``fair`` refuses it).
+    """
     if name == "uniform":
-        return UniformSampler(space, rng)
+        return UniformSampler(space, rng, schedule=schedule)
     if name == "fair":
+        if schedule is not None:
+            raise ConfigError(
+                "the fair sampler cannot follow a choice warm-up schedule; use "
+                "supernet.sampler=uniform or constraint, or set supernet.choice_warmup_steps=0 "
+                "and supernet.choice_widen_steps=0"
+            )
         return FairSampler(space, rng)
     if name == "constraint":
         if flops is None or flops_range is None:
             raise ConfigError("constraint sampling needs a FLOPs function and range")
         low, high = flops_range
         return ConstraintSampler(
-            space, rng, flops=flops, low=low, high=high, bins=bins, max_tries=max_tries
+            space,
+            rng,
+            flops=flops,
+            low=low,
+            high=high,
+            bins=bins,
+            max_tries=max_tries,
+            schedule=schedule,
         )
     raise ConfigError(f"unknown sampler {name!r}; choose uniform, constraint or fair")

@@ -28,7 +28,7 @@ from spos.config import RunConfig, config_to_dict
 from spos.cost import CostModel
 from spos.dist import Runtime
 from spos.errors import CheckpointError
-from spos.sampling import create_sampler
+from spos.sampling import ChoiceSchedule, create_sampler
 from spos.scoring import ArchScorer
 from spos.space import SearchSpace, make_rng
 from spos.stages.common import (
@@ -151,6 +151,17 @@ def run(
         flops_range=flops_range,
         bins=cfg.flops_bins,
         max_tries=cfg.sampler_max_tries,
+        schedule=(
+            ChoiceSchedule(
+                space,
+                prefix=cfg.choice_warmup_prefix,
+                anchor=cfg.choice_warmup_option,
+                warmup_steps=cfg.choice_warmup_steps,
+                widen_steps=cfg.choice_widen_steps,
+            )
+            if cfg.choice_warmup_steps or cfg.choice_widen_steps
+            else None
+        ),
     )
     padding, flip = config.data.crop_padding, config.data.flip
     stream = spos_data.BatchStream(
