@@ -49,7 +49,10 @@ def _resolve_config(args: argparse.Namespace):
 def _runtime(config):
     from spos.dist import Runtime
 
-    return Runtime.from_env(config.device, threads=config.threads)
+    runtime = Runtime.from_env(config.device, threads=config.threads)
+    if not runtime.is_main:
+        logging.getLogger().setLevel(logging.WARNING)  # one copy of the INFO log, from rank 0
+    return runtime
 
 
 def _cmd_train_supernet(args: argparse.Namespace) -> int:

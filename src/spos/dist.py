@@ -15,6 +15,7 @@ and bf16 autocast (:meth:`Runtime.autocast`).
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 from dataclasses import dataclass
@@ -90,14 +91,23 @@ class Runtime:
     def distributed(self) -> bool:
         return self.world_size > 1
 
-    def wrap(self, model: nn.Module) -> nn.Module:
-        """DDP-wrap a supernet for training (unused candidates are expected every step)."""
+    def wrap(self, model: nn.Module, *, find_unused_parameters: bool = True) -> nn.Module:
+        """DDP-wrap a model for training (no-op on one process).
+
+        Args:
+            model: The module; its parameters must already be equal on every rank (same
+                seed), DDP broadcasts rank 0's anyway.
+            find_unused_parameters: True for a supernet (the candidates off the sampled
+                path are unused every step); False for a standalone child, which is faster.
+        """
         if not self.distributed:
             return model
         from torch.nn.parallel import DistributedDataParallel
 
         device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
+        return DistributedDataParallel(
+            model, device_ids=device_ids, find_unused_parameters=find_unused_parameters
+        )
 
     def autocast(self, amp: str) -> contextlib.AbstractContextManager:
         """A reusable context for the forward pass: bf16 autocast on CUDA when ``amp="bf16"``.
@@ -153,5 +163,13 @@ class Runtime:
             torch_dist.barrier()
 
     def close(self) -> None:
+        """Leave the process group cleanly (all ranks together).
+
+        DDP modules kept alive by reference cycles are collected first and the ranks meet at
+        a barrier, so no collective or reducer outlives the group: gloo otherwise sometimes
+        aborts the process at exit ("terminate called without an active exception").
+        """
         if self.distributed and torch_dist.is_initialized():
+            gc.collect()
+            torch_dist.barrier()
             torch_dist.destroy_process_group()
