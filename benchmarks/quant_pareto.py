@@ -1,0 +1,305 @@
+"""Mixed-precision search against uniform precision: accuracy vs BitOps (SPEC section 2, issue 7).
+
+What it does, in one run, with the library's own stages (no benchmark-only training code):
+
+1. trains the mixed-precision supernet of ``resnet20_quant_cifar`` with ``stage_repeats
+   [1, 1, 1]`` (a CIFAR ResNet-8: 16/32/64 channels, 8 searchable convs, each choosing
+   weight and activation bits from {2, 3, 4, 8}; stem and classifier full precision) on
+   Fashion-MNIST (28x28), uniform single-path sampling;
+2. searches it (evolution, BN recalibration per candidate, fitness on the held-out split)
+   under each BitOps budget; the default budgets are the BitOps of uniform w4a4 and of
+   w4a8 (16 and 32 bit-products per MAC), so a searched model has the budget of a uniform
+   one. Tighter budgets (uniform 3-bit) are out of reach of the search's capped rejection
+   sampling: a uniformly drawn architecture averages 4.25 x 4.25 bit-products per MAC;
+3. retrains every searched configuration from scratch (quantisation-aware training of the
+   found bit widths: the normal ``retrain`` stage on the child) and, with the same schedule
+   and budget, the uniform w2a2, w4a4 and w8a8 versions of the same backbone;
+4. reports test top-1 against BitOps and, for each searched model, the uniform line's
+   accuracy at the same BitOps (linear in log BitOps between the two neighbouring uniform
+   points) and the difference.
+
+BitOps convention (spos.cost): multiply-accumulates x weight bits x activation bits; the
+full-precision stem conv and classifier count 32 x 32, which at this size is a large share
+(about 116M of the 153M BitOps of uniform 2-bit).
+
+Run:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/quant_pareto.py        (~20 min, 1 thread)
+      add --quick for a 2-minute plumbing check (numbers meaningless).
+Writes benchmarks/results/quant_pareto.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from spos.arch import Arch  # noqa: E402
+from spos.config import load_config  # noqa: E402
+from spos.cost import CostModel  # noqa: E402
+from spos.dist import Runtime  # noqa: E402
+from spos.stages import retrain, search, train_supernet  # noqa: E402
+from spos.stages.common import build_space  # noqa: E402
+
+UNIFORM_BITS = (2, 4, 8)
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    layout = json.dumps({"stage_repeats": [1, 1, 1], "stage_channels": [16, 32, 64]})
+    return [
+        "seed=0",
+        "device=cpu",
+        f"threads={args.threads}",
+        "space.name=resnet20_quant_cifar",
+        f"space.layout={layout}",
+        f"data.train_limit={args.train_limit}",
+        f"data.val_size={args.val_size}",
+        f"data.test_limit={args.test_limit}",
+        f"supernet.steps={args.supernet_steps}",
+        "supernet.batch_size=128",
+        "supernet.lr=0.1",
+        f"supernet.warmup_steps={min(100, args.supernet_steps // 4)}",
+        "supernet.schedule=linear",
+        "supernet.sampler=uniform",
+        "supernet.eval_every=0",
+        "supernet.panel_size=0",
+        "supernet.checkpoint_every=500",
+        "supernet.log_every=100",
+        f"search.population_size={args.population}",
+        f"search.generations={args.generations}",
+        f"search.top_k={max(2, args.population // 3)}",
+        f"search.mutation_count={args.population // 3}",
+        f"search.crossover_count={args.population // 3}",
+        f"search.recalibrate_images={args.recalibrate_images}",
+        f"search.val_images={args.val_size}",
+        "search.batch_size=500",
+        "search.random_baseline=false",
+        f"retrain.epochs={args.retrain_epochs}",
+        "retrain.batch_size=128",
+        "retrain.lr=0.1",
+        f"retrain.warmup_steps={0 if args.quick else 100}",
+        "retrain.schedule=cosine",
+        "retrain.weight_decay=0.0005",
+        "retrain.checkpoint_every=2000",
+    ]
+
+
+def _uniform_line(points: list[tuple[float, float]], bitops: float) -> float:
+    """Accuracy of the uniform line at ``bitops`` (linear in log BitOps; clamped at the ends)."""
+    points = sorted(points)
+    if bitops <= points[0][0]:
+        return points[0][1]
+    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
+        if bitops <= x1:
+            t = (math.log(bitops) - math.log(x0)) / (math.log(x1) - math.log(x0))
+            return y0 + t * (y1 - y0)
+    return points[-1][1]
+
+
+def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 4))
+    uniform = sorted((r for r in rows if r["kind"] == "uniform"), key=lambda r: r["bitops"])
+    axes.plot([r["bitops"] / 1e6 for r in uniform], [r["test_top1"] for r in uniform], "o-", color="grey",
+              label="uniform precision")  # fmt: skip
+    for r in uniform:
+        axes.annotate(r["name"], (r["bitops"] / 1e6, r["test_top1"]), textcoords="offset points", xytext=(4, -10))
+    searched = [r for r in rows if r["kind"] == "searched"]
+    axes.plot([r["bitops"] / 1e6 for r in searched], [r["test_top1"] for r in searched], "*", color="C3",
+              markersize=12, label="mixed precision (searched)")  # fmt: skip
+    for r in searched:
+        axes.axvline(r["budget"] / 1e6, color="C3", alpha=0.2, linestyle="--")
+    axes.set_xscale("log")
+    axes.set_xlabel("BitOps (millions; MACs x w_bits x a_bits, FP layers 32x32)")
+    axes.set_ylabel("test top-1 (%)")
+    axes.set_title("ResNet-8 on Fashion-MNIST: searched vs uniform bit widths")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/spos_quant_pareto"), help="run directories")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--train-limit", type=int, default=24000)
+    parser.add_argument("--val-size", type=int, default=3000)
+    parser.add_argument("--test-limit", type=int, default=10000)
+    parser.add_argument("--supernet-steps", type=int, default=1200)
+    parser.add_argument("--population", type=int, default=12)
+    parser.add_argument("--generations", type=int, default=6)
+    parser.add_argument("--recalibrate-images", type=int, default=1024)
+    parser.add_argument("--retrain-epochs", type=int, default=3)
+    parser.add_argument("--budgets", default="w4a4,w4a8", help="uniform configs whose BitOps are the budgets")
+    parser.add_argument("--quick", action="store_true", help="tiny plumbing run (meaningless numbers)")
+    args = parser.parse_args()
+    if args.quick:
+        args.train_limit, args.val_size, args.test_limit = 2000, 500, 1000
+        args.supernet_steps, args.population, args.generations = 30, 6, 2
+        args.recalibrate_images, args.retrain_epochs = 256, 1
+        args.results = args.work / "results"
+
+    torch.manual_seed(0)
+    runtime = Runtime.from_env("cpu", threads=args.threads)
+    config = load_config(ROOT / "configs" / "default.yaml", _overrides(args))
+    if args.work.exists():
+        shutil.rmtree(args.work)
+    args.work.mkdir(parents=True)
+    space = build_space(config)
+    space = space.with_layout(in_channels=1, input_size=28, num_classes=10)
+    costs = CostModel.from_space(space)
+    layers = len(space.choices)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+
+    def uniform_arch(option: str) -> Arch:
+        return space.arch([option] * layers)
+
+    # 1. supernet
+    clock = time.perf_counter()
+    supernet_dir = args.work / "supernet"
+    supernet_summary = train_supernet.run(config, supernet_dir, runtime=runtime)
+    timings["supernet_s"] = round(time.perf_counter() - clock, 1)
+    print(f"supernet: {supernet_summary['steps']} steps in {timings['supernet_s']} s", flush=True)
+
+    rows: list[dict[str, Any]] = []
+
+    def retrain_row(name: str, kind: str, arch: Arch, extra: dict[str, Any]) -> None:
+        run_dir = args.work / f"retrain_{name}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        arch.save(run_dir / "arch.json")
+        clock = time.perf_counter()
+        summary = retrain.run(config, run_dir, runtime=runtime)
+        seconds = round(time.perf_counter() - clock, 1)
+        timings[f"retrain_{name}_s"] = seconds
+        arch_costs = costs.costs(arch)
+        row = {
+            "name": name,
+            "kind": kind,
+            "arch": dict(arch.items()),
+            "bitops": int(arch_costs["bitops"]),
+            "size_bits": int(arch_costs["size_bits"]),
+            "flops": int(arch_costs["flops"]),
+            "test_top1": summary["test_top1"],
+            "val_top1": summary["val_top1"],
+            "retrain_seconds": seconds,
+            **extra,
+        }
+        rows.append(row)
+        print(f"{name}: bitops {row['bitops'] / 1e6:.1f}M  test top-1 {row['test_top1']:.2f}  ({seconds} s)", flush=True)
+
+    # 2. search under each budget, 3. retrain what it found
+    for budget_name in args.budgets.split(","):
+        budget = int(costs.cost(uniform_arch(budget_name), "bitops"))
+        clock = time.perf_counter()
+        search_dir = args.work / f"search_{budget_name}"
+        search_config = load_config(
+            ROOT / "configs" / "default.yaml",
+            [*_overrides(args), f"search.constraints=[{{metric: bitops, max: {budget}}}]"],
+        )
+        result = search.run(search_config, search_dir, runtime=runtime, supernet_path=supernet_dir / "supernet.ckpt")
+        timings[f"search_{budget_name}_s"] = round(time.perf_counter() - clock, 1)
+        history = [json.loads(line) for line in (search_dir / "history.jsonl").read_text().splitlines()]
+        violations = sum(record["bitops"] > budget for record in history)
+        found = Arch.load(search_dir / "arch.json")
+        print(f"search <= {budget_name} ({budget / 1e6:.1f}M): {found.short()} score {result['best_score']:.2f}", flush=True)
+        retrain_row(
+            f"searched_le_{budget_name}",
+            "searched",
+            found,
+            {
+                "budget": budget,
+                "budget_of": f"uniform {budget_name}",
+                "supernet_score": result["best_score"],
+                "evaluations": result["evaluations"],
+                "violations": violations,
+            },
+        )
+    for bits in UNIFORM_BITS:
+        option = f"w{bits}a{bits}"
+        retrain_row(option, "uniform", uniform_arch(option), {})
+
+    uniform_points = [(r["bitops"], r["test_top1"]) for r in rows if r["kind"] == "uniform"]
+    for row in rows:
+        if row["kind"] == "searched":
+            line = _uniform_line(uniform_points, row["bitops"])
+            row["uniform_line_top1"] = round(line, 3)
+            row["above_uniform_line_by"] = round(row["test_top1"] - line, 3)
+    timings["total_s"] = round(time.perf_counter() - started, 1)
+
+    args.results.mkdir(parents=True, exist_ok=True)
+    report = {
+        "benchmark": "quant_pareto",
+        "space": space.name,
+        "layout": dict(space.layout),
+        "dataset": "fashion_mnist",
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "supernet": {k: supernet_summary.get(k) for k in ("steps", "images_seen", "train_seconds", "images_per_s")},
+        "bitops_range": list(costs.bounds("bitops")),
+        "rows": rows,
+        "timings": timings,
+        "command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/quant_pareto.py"
+        + (" --quick" if args.quick else ""),
+    }
+    (args.results / "quant_pareto.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    _plot(rows, args.results / "quant_pareto.png")
+    lines = [
+        "# Mixed-precision search vs uniform precision (accuracy against BitOps)",
+        "",
+        f"`{report['command']}` - torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+        f"total {timings['total_s'] / 60:.1f} min.",
+        "",
+        f"Backbone: `{space.name}` with stage_repeats [1, 1, 1] (ResNet-8, {layers} searchable convs, "
+        "bits {2,3,4,8} for weights and activations; stem and classifier full precision), "
+        f"Fashion-MNIST 28x28, {args.train_limit} training images ({args.val_size} of them held out "
+        f"for search fitness), test top-1 on {args.test_limit} test images. Supernet "
+        f"{args.supernet_steps} steps x 128; search {args.population} x {args.generations} "
+        f"(evolution); every model retrained from scratch for {args.retrain_epochs} epochs, same "
+        "schedule for all.",
+        "",
+        "| model | BitOps (M) | size (kbit) | test top-1 | uniform line at same BitOps | difference |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in sorted(rows, key=lambda r: r["bitops"]):
+        line = f"{row['uniform_line_top1']:.2f}" if "uniform_line_top1" in row else ""
+        diff = f"{row['above_uniform_line_by']:+.2f}" if "above_uniform_line_by" in row else ""
+        lines.append(
+            f"| {row['name']} | {row['bitops'] / 1e6:.1f} | {row['size_bits'] / 1e3:.1f} | "
+            f"{row['test_top1']:.2f} | {line} | {diff} |"
+        )
+    lines += ["", "Searched configurations (supernet score = fitness on the held-out split):", ""]
+    for row in rows:
+        if row["kind"] == "searched":
+            values = ", ".join(f"{k}={v}" for k, v in row["arch"].items())
+            lines.append(
+                f"- {row['name']} (budget {row['budget'] / 1e6:.1f}M = {row['budget_of']}): {values}; "
+                f"supernet score {row['supernet_score']:.2f}, {row['evaluations']} evaluated, "
+                f"{row['violations']} over budget"
+            )
+    lines += ["", "Timings (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()), ""]
+    (args.results / "quant_pareto.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()
