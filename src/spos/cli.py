@@ -100,6 +100,33 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rank(args: argparse.Namespace) -> int:
+    from spos.stages import rank
+
+    run_dir = Path(args.run)
+    config = _resolve_config(argparse.Namespace(config=args.config, out=run_dir, overrides=args.overrides))
+    runtime = _runtime(config)
+    summary = rank.run(
+        config,
+        run_dir,
+        runtime=runtime,
+        ground_truth=args.ground_truth,
+        column=args.column,
+        num_archs=args.num_archs,
+        progress=_TqdmProgress,
+        supernet_path=args.supernet,
+    )
+    if runtime.is_main:
+        print(
+            f"ranked {summary['num_archs']} architectures: Kendall tau {summary['kendall_tau']:.3f}, "
+            f"Spearman rho {summary['spearman_rho']:.3f}, precision@5% "
+            f"{summary['precision_at_5pct']:.2f}, precision@10% {summary['precision_at_10pct']:.2f}; "
+            f"plot in {run_dir / 'rank' / 'scatter.png'}"
+        )
+    runtime.close()
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from spos.stages import export
 
@@ -223,6 +250,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=None, help="config (default: RUN/config.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(handler=_cmd_export)
+
+    p = sub.add_parser("rank", help="rank correlation of supernet scores with ground-truth accuracies")
+    p.add_argument("--run", type=Path, required=True, help="run directory with supernet.ckpt")
+    p.add_argument("--ground-truth", type=Path, required=True, help="CSV with an arch or arch_str column")
+    p.add_argument("--column", required=True, help="ground-truth accuracy column, e.g. cifar10valid_valid_acc")
+    p.add_argument("--num-archs", type=int, default=200, help="architectures to score (one per isomorphism class)")
+    p.add_argument("--supernet", type=Path, default=None, help="supernet checkpoint (default: RUN/supernet.ckpt)")
+    p.add_argument("--config", type=Path, default=None, help="config (default: RUN/config.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. search.recalibrate_images=2000")
+    p.set_defaults(handler=_cmd_rank)
 
     p = sub.add_parser("report", help="plots and a summary page from a run directory")
     p.add_argument("--run", type=Path, required=True, help="run directory")

@@ -142,6 +142,13 @@ class SupernetConfig:
     """Use the channels_last memory format (faster on CPU and tensor cores)."""
     amp: Literal["none", "bf16"] = "none"
     """Mixed precision of training forwards: bf16 autocast on CUDA; ignored (one warning) on CPU."""
+    rank_ground_truth: str | None = None
+    """CSV of true accuracies (e.g. NAS-Bench-201); if set, every panel evaluation also logs the
+    Kendall tau / Spearman rho of the supernet's scores of a fixed ground-truth panel."""
+    rank_column: str | None = None
+    """Column of rank_ground_truth holding the true accuracy (needed with it)."""
+    rank_panel_size: int = 50
+    """Architectures (one per isomorphism class) in the ground-truth panel."""
 
     def validate(self, prefix: str) -> None:
         _check(self.steps >= 1, f"{prefix}.steps", "must be at least 1")
@@ -151,6 +158,12 @@ class SupernetConfig:
         _check(self.weight_decay >= 0, f"{prefix}.weight_decay", "must be >= 0")
         _check(0 <= self.label_smoothing < 1, f"{prefix}.label_smoothing", "must be in [0, 1)")
         _check(0 <= self.warmup_steps < self.steps, f"{prefix}.warmup_steps", "must be in [0, steps)")
+        _check(
+            self.rank_ground_truth is None or bool(self.rank_column),
+            f"{prefix}.rank_column",
+            "must name the accuracy column of rank_ground_truth",
+        )
+        _check(self.rank_panel_size >= 2, f"{prefix}.rank_panel_size", "must be at least 2")
         _check(self.flops_bins >= 1, f"{prefix}.flops_bins", "must be at least 1")
         _check(self.sampler_max_tries >= 1, f"{prefix}.sampler_max_tries", "must be at least 1")
         for name in ("choice_warmup_steps", "choice_widen_steps"):
@@ -195,6 +208,9 @@ class SearchConfig:
     """Validation images used for fitness (None: the whole held-out split)."""
     batch_size: int = 500
     """Batch size for recalibration and evaluation."""
+    score: Literal["accuracy", "loss"] = "accuracy"
+    """Fitness: validation top-1 (the paper) or minus the mean validation loss (finer-grained
+    on small validation sets)."""
     constraints: list[ConstraintConfig] = field(default_factory=list)
     """Hard constraints; candidates violating one are rejected before evaluation."""
     latency_table: str | None = None

@@ -294,6 +294,7 @@ class CostModel:
         # is (position on the path, key, option): a choice may drive several modules (e.g. one
         # NAS-Bench-201 cell repeated 15 times), whose costs add up.
         inputs: dict[tuple[int, str, Value | None], tuple[nn.Module, tuple[torch.Tensor, ...]]] = {}
+        listed: dict[tuple[int, str, Value | None], nn.Module] = {}
         supernet.eval()
         for arch in _covering_archs(space, reads.values()):
             handles = []
@@ -302,6 +303,7 @@ class CostModel:
             path = zip(supernet.path_modules(arch), supernet.standalone_path(arch), strict=True)
             for position, ((key, module), (_, alone)) in enumerate(path):
                 slot = (position, key, _layer_value(arch, reads.get(key, ())))
+                listed.setdefault(slot, alone)
 
                 def capture(_module: nn.Module, args: tuple, slot=slot, module=alone) -> None:
                     tensors = tuple(a.detach() for a in args if torch.is_tensor(a))
@@ -321,8 +323,19 @@ class CostModel:
         )
         fixed = dict.fromkeys(METRICS, 0)
         layers: dict[str, dict[Any, dict[str, int]]] = {key: {} for key, r in reads.items() if r}
-        for (_, key, option), (module, tensors) in inputs.items():
-            costs = module_costs(module, *tensors)
+        for slot, listed_module in listed.items():
+            _, key, option = slot
+            if slot in inputs:
+                module, tensors = inputs[slot]
+                costs = module_costs(module, *tensors)
+            else:  # listed but never called by the path (NAS-Bench-201 'none'): no compute
+                costs = {
+                    "flops": 0,
+                    "params": _conv_linear_parameters(listed_module),
+                    "params_total": _total_parameters(listed_module),
+                    "bitops": 0,
+                    "size_bits": _conv_linear_parameters(listed_module) * FULL_PRECISION_BITS,
+                }
             target = fixed if option is None else layers[key].setdefault(option, dict.fromkeys(METRICS, 0))
             for metric in METRICS:
                 target[metric] += costs[metric]

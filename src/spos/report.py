@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "write_rank_plot"]
 
 log = logging.getLogger(__name__)
 
@@ -1485,6 +1485,14 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 # --------------------------------------------------------------------------- entry point
+
+
+def write_rank_plot(rank: Mapping[str, Any], path: Path) -> Path:
+    """Write the supernet-score-against-truth scatter of ``rank`` (``rank/rank.json``'s form:
+    ``points`` as ``[true, score]`` pairs plus the correlations) to the PNG ``path``."""
+    with _style():
+        _atomic_write_bytes(Path(path), _png_bytes(_plot_rank_scatter(rank)))
+    return Path(path)
 
 
 def write_report(run_dir: Path) -> Path:

@@ -1,6 +1,8 @@
 """Scoring an architecture with inherited supernet weights (SPEC section 4).
 
-``score = top-1 on the fixed validation split after BN recalibration``. The recalibration and
+``score = top-1 on the fixed validation split after BN recalibration`` (or, with
+``metric="loss"``, minus the mean validation cross-entropy: a finer-grained score when the
+validation set is small, since accuracy moves in steps of one image). The recalibration and
 validation batches are prepared once (decoded, normalised, on the device, channels_last) and
 reused for every candidate, so each candidate costs exactly its forwards. The supernet's own
 BN buffers are restored afterwards, so scoring never changes the supernet.
@@ -50,10 +52,14 @@ class ArchScorer:
         *,
         recalibrate_batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
         val_batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        metric: str = "accuracy",
     ) -> None:
+        if metric not in ("accuracy", "loss"):
+            raise ValueError(f"score metric must be 'accuracy' or 'loss', got {metric!r}")
         self.supernet = supernet
         self.recalibrate_batches = list(recalibrate_batches)
         self.val_batches = list(val_batches)
+        self.metric = metric
 
     def recalibrate(self, arch: Arch) -> None:
         recalibrate_bn(
@@ -66,8 +72,22 @@ class ArchScorer:
     def evaluate(self, arch: Arch) -> tuple[int, int]:
         return top1_accuracy(self.supernet, self.val_batches, arch=arch)
 
+    @torch.no_grad()
+    def mean_loss(self, arch: Arch) -> float:
+        """Mean validation cross-entropy of ``arch`` (eval mode, current BN buffers)."""
+        was_training = self.supernet.training
+        self.supernet.eval()
+        total, count = 0.0, 0
+        for images, labels in self.val_batches:
+            logits = self.supernet(images, arch)
+            total += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
+            count += int(labels.numel())
+        self.supernet.train(was_training)
+        return total / max(1, count)
+
     def score(self, arch: Arch) -> float:
-        """Validation top-1 (%) of ``arch`` after BN recalibration; supernet left unchanged."""
+        """Validation top-1 (%) of ``arch`` after BN recalibration (or minus its mean loss);
+        the supernet is left unchanged."""
         batchnorms = self.supernet.path_batchnorms(arch)
         saved = [
             (bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone())
@@ -75,6 +95,8 @@ class ArchScorer:
         ]
         try:
             self.recalibrate(arch)
+            if self.metric == "loss":
+                return -self.mean_loss(arch)
             correct, total = self.evaluate(arch)
         finally:
             for bn, (mean, var, count) in zip(batchnorms, saved, strict=True):

@@ -25,6 +25,7 @@ from spos.arch import Arch, Value
 from spos.errors import ArchError, ConfigError
 
 __all__ = [
+    "register_arch_parser",
     "Choice",
     "SearchSpace",
     "make_rng",
@@ -234,8 +235,10 @@ class SearchSpace:
     def parse(self, text: str) -> Arch:
         """Parse an architecture given on a command line.
 
-        Accepts a path to an ``arch.json``, inline JSON (``{"label": value, ...}``), or the
-        official comma-separated index tuple (``2,1,0,1,...``, brackets optional).
+        Accepts a path to an ``arch.json``, inline JSON (``{"label": value, ...}``), the
+        official comma-separated index tuple (``2,1,0,1,...``, brackets optional), or a
+        family's own text form registered with :func:`register_arch_parser` (e.g. a
+        NAS-Bench-201 ``arch_str``).
         """
         from pathlib import Path
 
@@ -256,6 +259,11 @@ class SearchSpace:
             if "arch" in data:
                 return self.validate(Arch.from_json(data))
             return self.arch(data)
+        parser = _ARCH_PARSERS.get(self.family)
+        if parser is not None:
+            parsed = parser(self, text)
+            if parsed is not None:
+                return self.validate(parsed)
         body = text.strip("()[] ")
         try:
             indices = [int(part) for part in body.split(",") if part.strip()]
@@ -288,6 +296,18 @@ class SearchSpace:
 
 SpaceFactory = Callable[..., SearchSpace]
 _REGISTRY: dict[str, SpaceFactory] = {}
+ArchParser = Callable[[SearchSpace, str], "Arch | None"]
+_ARCH_PARSERS: dict[str, ArchParser] = {}
+
+
+def register_arch_parser(family: str, parser: ArchParser) -> ArchParser:
+    """Teach :meth:`SearchSpace.parse` a family's own text form of an architecture.
+
+    ``parser(space, text)`` returns the :class:`Arch` or ``None`` when ``text`` is not in its
+    format (parsing then falls back to the index tuple).
+    """
+    _ARCH_PARSERS[family] = parser
+    return parser
 
 
 def register_space(name: str) -> Callable[[SpaceFactory], SpaceFactory]:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats as scipy_stats
 
-__all__ = ["kendall_tau", "spearman_rho", "precision_at_k"]
+__all__ = ["kendall_tau", "spearman_rho", "precision_at_k", "rank_correlations"]
 
 
 def _paired(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -86,3 +86,21 @@ def precision_at_k(
         raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
     k = min(truth.size, max(1, math.floor(fraction * truth.size + 0.5)))
     return len(_top_indices(truth, k) & _top_indices(predicted, k)) / k
+
+
+def rank_correlations(true_scores: Sequence[float], predicted_scores: Sequence[float]) -> dict[str, float]:
+    """Kendall tau, Spearman rho and precision at the top 5% and 10% of a ranking.
+
+    Args:
+        true_scores: Ground truth (higher is better), e.g. NAS-Bench-201 accuracies.
+        predicted_scores: The proxy aligned with it, e.g. supernet scores.
+
+    Returns:
+        ``{"kendall_tau", "spearman_rho", "precision_at_5pct", "precision_at_10pct"}``.
+    """
+    return {
+        "kendall_tau": kendall_tau(true_scores, predicted_scores),
+        "spearman_rho": spearman_rho(true_scores, predicted_scores),
+        "precision_at_5pct": precision_at_k(true_scores, predicted_scores, 0.05),
+        "precision_at_10pct": precision_at_k(true_scores, predicted_scores, 0.10),
+    }

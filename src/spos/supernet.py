@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 #: Modules that register the built-in families when imported (add new families here).
-_BUILTIN_FAMILY_MODULES = ("spos.spaces.shufflenet", "spos.spaces.channel", "spos.spaces.resnet_quant")
+_BUILTIN_FAMILY_MODULES = ("spos.spaces.shufflenet", "spos.spaces.channel", "spos.spaces.nb201", "spos.spaces.resnet_quant")
 
 
 class Supernet(nn.Module):

@@ -172,6 +172,7 @@ def run(
         val_images=cfg.val_images,
         batch_size=cfg.batch_size,
         channels_last=config.supernet.channels_last,
+        metric=cfg.score,
     )
     cache: dict[str, float] = {}  # shared by the strategy and its baseline: one score per arch
 

@@ -28,6 +28,7 @@ from spos.config import RunConfig, config_to_dict
 from spos.cost import CostModel
 from spos.dist import Runtime
 from spos.errors import CheckpointError
+from spos.groundtruth import GroundTruth
 from spos.sampling import ChoiceSchedule, create_sampler
 from spos.scoring import ArchScorer
 from spos.space import SearchSpace, make_rng
@@ -47,6 +48,7 @@ from spos.stages.common import (
     start_run,
     update_summary,
 )
+from spos.stats import rank_correlations
 from spos.supernet import Supernet, build_supernet
 
 __all__ = ["run", "CHECKPOINT_NAME", "build_panel", "build_scorer"]
@@ -90,6 +92,7 @@ def build_scorer(
     val_images: int | None,
     batch_size: int,
     channels_last: bool,
+    metric: str = "accuracy",
 ) -> ArchScorer:
     """A scorer with fixed recalibration images (seeded from train) and validation images."""
     generator = torch.Generator().manual_seed(seed_from(seed, "recalibration-images"))
@@ -103,7 +106,9 @@ def build_scorer(
             for images, labels in spos_data.iterate_batches(dataset, batch_size=batch_size)
         ]
 
-    return ArchScorer(supernet, recalibrate_batches=prepared(recal), val_batches=prepared(val))
+    return ArchScorer(
+        supernet, recalibrate_batches=prepared(recal), val_batches=prepared(val), metric=metric
+    )
 
 
 def run(
@@ -193,6 +198,13 @@ def run(
             return finished
 
     panel = build_panel(space, seed=config.seed, size=cfg.panel_size)
+    rank_panel: list = []
+    rank_truth: list[float] = []
+    if cfg.rank_ground_truth:
+        truth = GroundTruth.load(cfg.rank_ground_truth, space, str(cfg.rank_column))
+        rows = truth.sample(cfg.rank_panel_size, make_rng(config.seed, "rank-panel"))
+        rank_panel = [truth.archs[i] for i in rows]
+        rank_truth = [truth.values[i] for i in rows]
     scorer = (
         build_scorer(
             supernet,
@@ -204,7 +216,7 @@ def run(
             batch_size=max(256, cfg.batch_size),
             channels_last=cfg.channels_last,
         )
-        if panel and runtime.is_main
+        if (panel or rank_panel) and runtime.is_main
         else None
     )
 
@@ -233,13 +245,18 @@ def run(
     def evaluate_panel(at_step: int) -> dict[str, Any]:
         if scorer is None:
             return {}
-        scores = {arch.short(): scorer.score(arch) for arch in panel}
-        record = {
-            "step": at_step,
-            "panel_mean_acc": sum(scores.values()) / len(scores),
-            "panel_best_acc": max(scores.values()),
-            "panel": scores,
-        }
+        record: dict[str, Any] = {"step": at_step}
+        if panel:
+            scores = {arch.short(): scorer.score(arch) for arch in panel}
+            record.update(
+                panel_mean_acc=sum(scores.values()) / len(scores),
+                panel_best_acc=max(scores.values()),
+                panel=scores,
+            )
+        if rank_panel:
+            # How well the supernet ranks a fixed ground-truth panel right now.
+            rank_scores = [scorer.score(arch) for arch in rank_panel]
+            record.update(rank_correlations(rank_truth, rank_scores))
         metrics.write(record)
         return record
 
@@ -297,6 +314,11 @@ def run(
         "panel_mean_acc": last_panel.get("panel_mean_acc"),
         "panel_best_acc": last_panel.get("panel_best_acc"),
         "panel": last_panel.get("panel"),
+        **{
+            key: last_panel[key]
+            for key in ("kendall_tau", "spearman_rho", "precision_at_5pct", "precision_at_10pct")
+            if key in last_panel
+        },
         "coverage": sampler.coverage,
         "sampler": cfg.sampler,
         "weights_sha256": state_dict_sha256(supernet.state_dict()),

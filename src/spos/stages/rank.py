@@ -1,0 +1,184 @@
+"""``spos rank``: how well does the trained supernet rank architectures? (issue 5)
+
+Recipe: load the supernet checkpoint and a ground-truth CSV (e.g. NAS-Bench-201), draw K
+architectures uniformly with one per isomorphism class, score each exactly as search does
+(BN recalibration on the fixed training images, then the search fitness on the fixed
+validation images), and compare with the truth: Kendall tau, Spearman rho, precision at the
+top 5% and 10%. Writes ``rank/rank.json``, ``rank/scores.csv``, ``rank/scatter.png`` and the
+``rank`` section of ``summary.json``.
+
+Scores are appended to ``rank/scores.jsonl`` as they come (keyed by the supernet's weight
+hash), so an interrupted ranking resumes without rescoring; candidates are sharded across
+ranks under torchrun like search candidates.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spos.arch import Arch, atomic_write_text
+from spos.checkpoint import check_space, load_checkpoint, state_dict_sha256
+from spos.config import RunConfig
+from spos.dist import Runtime
+from spos.groundtruth import GroundTruth
+from spos.space import make_rng
+from spos.stages.common import (
+    ProgressFactory,
+    Stopwatch,
+    build_space,
+    null_progress,
+    prepare_data,
+    update_summary,
+    write_json,
+)
+from spos.stages.train_supernet import CHECKPOINT_NAME, build_scorer
+from spos.stats import rank_correlations
+from spos.supernet import build_supernet
+
+__all__ = ["run", "score_sharded"]
+
+log = logging.getLogger(__name__)
+
+
+def score_sharded(
+    archs: Sequence[Arch],
+    score: Callable[[Arch], float],
+    runtime: Runtime,
+    *,
+    on_score: Callable[[Arch, float], None] | None = None,
+) -> dict[str, float]:
+    """Score ``archs`` split across ranks (rank r takes every world_size-th); gather on all."""
+    mine: dict[str, float] = {}
+    for arch in list(archs)[runtime.rank :: runtime.world_size]:
+        mine[arch.key] = value = score(arch)
+        if on_score is not None:
+            on_score(arch, value)
+    gathered: dict[str, float] = {}
+    for shard in runtime.all_gather_objects(mine):
+        gathered.update(shard)
+    return gathered
+
+
+def _read_cache(path: Path, fingerprint: str) -> dict[str, float]:
+    cache: dict[str, float] = {}
+    if not path.exists():
+        return cache
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill: rescore that arch
+        if record.get("supernet") == fingerprint:
+            cache[str(record["key"])] = float(record["score"])
+    return cache
+
+
+def run(
+    config: RunConfig,
+    run_dir: Path,
+    *,
+    runtime: Runtime,
+    ground_truth: Path,
+    column: str,
+    num_archs: int,
+    progress: ProgressFactory = null_progress,
+    supernet_path: Path | None = None,
+) -> dict[str, Any]:
+    """Rank ``num_archs`` ground-truth architectures with the supernet of ``run_dir``."""
+    cfg = config.search
+    run_dir = Path(run_dir)
+    checkpoint_path = Path(supernet_path) if supernet_path else run_dir / CHECKPOINT_NAME
+    payload = load_checkpoint(checkpoint_path, kind="supernet", map_location="cpu")
+    data = prepare_data(config)
+    space = check_space(payload, build_space(config, data), path=checkpoint_path)
+    truth = GroundTruth.load(ground_truth, space, column)
+    indices = truth.sample(num_archs, make_rng(config.seed, "rank-archs"))
+    archs = [truth.archs[i] for i in indices]
+    true_values = [truth.values[i] for i in indices]
+
+    supernet = build_supernet(space)
+    supernet.load_state_dict(payload["state"]["model"])
+    fingerprint = state_dict_sha256(supernet.state_dict())
+    supernet = supernet.to(runtime.device)
+    if config.supernet.channels_last:
+        supernet = supernet.to(memory_format=torch.channels_last)
+    supernet.eval()
+    scorer = build_scorer(
+        supernet,
+        data,
+        runtime,
+        seed=config.seed,
+        recalibrate_images=cfg.recalibrate_images,
+        val_images=cfg.val_images,
+        batch_size=cfg.batch_size,
+        channels_last=config.supernet.channels_last,
+        metric=cfg.score,
+    )
+
+    out_dir = run_dir / "rank"
+    if runtime.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    cache_path = out_dir / "scores.jsonl"
+    cache = _read_cache(cache_path, fingerprint) if runtime.is_main else {}
+    cache = runtime.broadcast_object(cache)
+    todo = [arch for arch in archs if arch.key not in cache]
+    bar = (
+        progress(total=len(archs), initial=len(archs) - len(todo), description="rank")
+        if runtime.is_main
+        else null_progress(total=len(archs))
+    )
+    handle = cache_path.open("a") if runtime.is_main else None
+
+    def record(arch: Arch, value: float) -> None:
+        if handle is not None:
+            handle.write(json.dumps({"key": arch.key, "score": value, "supernet": fingerprint}) + "\n")
+            handle.flush()
+        bar.update(1)
+
+    watch = Stopwatch()
+    try:
+        cache.update(score_sharded(todo, scorer.score, runtime, on_score=record))
+    finally:
+        if handle is not None:
+            handle.close()
+        bar.close()
+    scores = [cache[arch.key] for arch in archs]
+    figures = rank_correlations(true_values, scores)
+    best = max(range(len(archs)), key=lambda i: scores[i])
+    summary: dict[str, Any] = {
+        "ground_truth": str(truth.path),
+        "column": column,
+        "num_archs": len(archs),
+        **{name: round(value, 4) for name, value in figures.items()},
+        "score_metric": cfg.score,
+        "recalibrate_images": cfg.recalibrate_images,
+        "val_images": cfg.val_images,
+        "supernet_weights_sha256": fingerprint,
+        "supernet_top_arch": archs[best].short(),
+        "supernet_top_arch_true_value": true_values[best],
+        "true_best_in_file": truth.best(),
+        "seconds": round(watch(), 1),
+        "points": [[t, s] for t, s in zip(true_values, scores, strict=True)],
+    }
+    if runtime.is_main:
+        write_json(out_dir / "rank.json", summary)
+        table = io.StringIO()
+        writer = csv.writer(table)
+        writer.writerow(["arch", "group", column, "supernet_score"])
+        for i, arch, value, score in zip(indices, archs, true_values, scores, strict=True):
+            writer.writerow([arch.short(), truth.groups[i], value, score])
+        atomic_write_text(out_dir / "scores.csv", table.getvalue())
+        from spos.report import write_rank_plot
+
+        write_rank_plot(summary, out_dir / "scatter.png")
+        update_summary(run_dir, "rank", {k: v for k, v in summary.items() if k != "points"})
+    runtime.barrier()
+    return summary
