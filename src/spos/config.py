@@ -253,6 +253,10 @@ class RetrainConfig:
     """Linear warm-up steps."""
     init: Literal["scratch", "inherit"] = "scratch"
     """Train from scratch (paper) or fine-tune from the supernet's weights."""
+    seed: int | None = None
+    """Seed of the retraining's own draws (initialisation, batch order, augmentation, BN
+    post-processing); None: the run seed. Repeats with other seeds keep the run seed's data
+    subset and held-out split."""
     bn_postprocess: bool = True
     """After training, recompute BN statistics over one epoch (official release)."""
     checkpoint_every: int = 200

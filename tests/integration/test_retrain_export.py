@@ -155,6 +155,25 @@ def test_interrupted_retrain_resumes_bit_identically(scratch_run, tmp_path):
     assert len([m for m in _metrics(run_dir) if "val_acc" in m]) == 4
 
 
+def test_retrain_seed_repeats_the_retraining_on_the_same_data(scratch_run, tmp_path):
+    run_dir, arch, reference = scratch_run
+    config = load_config(SMOKE, OVERRIDES)
+    assert config.seed == 0 and config.retrain.seed is None
+    # retrain.seed equal to the run seed is the default run, bit for bit.
+    same_dir = tmp_path / "same"
+    _write_arch(same_dir, config)
+    same = retrain.run(load_config(SMOKE, [*OVERRIDES, "retrain.seed=0"]), same_dir, runtime=_runtime())
+    assert same["weights_sha256"] == reference["weights_sha256"] and same["seed"] == reference["seed"] == 0
+    # Another retrain seed: other initialisation and batches, but the run seed's data split.
+    other_config = load_config(SMOKE, [*OVERRIDES, "retrain.seed=1"])
+    other_dir = tmp_path / "other"
+    assert _write_arch(other_dir, other_config) == arch
+    other = retrain.run(other_config, other_dir, runtime=_runtime())
+    assert other["seed"] == 1 and other["weights_sha256"] != reference["weights_sha256"]
+    assert torch.equal(prepare_data(other_config).val.labels, prepare_data(config).val.labels)
+    assert other["test_images"] == reference["test_images"] and other["test_top1"] > 60.0
+
+
 def test_inherited_child_matches_supernet_and_starts_ahead(scratch_run, tmp_path):
     _, arch, scratch = scratch_run
     run_dir = tmp_path / "inherit"

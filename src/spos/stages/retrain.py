@@ -192,6 +192,7 @@ def run(
             architecture, space or schedule; or ``init=inherit`` lacks the supernet checkpoint.
     """
     cfg = config.retrain
+    retrain_seed = config.seed if cfg.seed is None else cfg.seed
     channels_last = config.supernet.channels_last
     run_dir = Path(run_dir)
     out_dir = run_dir / RETRAIN_DIR
@@ -210,7 +211,7 @@ def run(
     stream = spos_data.BatchStream(
         data.train,
         batch_size=cfg.batch_size,
-        seed=seed_from(config.seed, "retrain-data"),
+        seed=seed_from(retrain_seed, "retrain-data"),
         augment=augment,
         rank=runtime.rank,
         world_size=runtime.world_size,
@@ -244,12 +245,12 @@ def run(
     if runtime.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
 
-    torch.manual_seed(seed_from(config.seed, "retrain-init"))
+    torch.manual_seed(seed_from(retrain_seed, "retrain-init"))
     child = build_child(space, arch)
     if payload is None and cfg.init == "inherit":
         _inherit_from_supernet(child, run_dir / SUPERNET_CHECKPOINT_NAME, space, arch)
     # Dropout draws from here on: the same stream whichever way the weights were initialised.
-    torch.manual_seed(seed_from(config.seed, "retrain-train"))
+    torch.manual_seed(seed_from(retrain_seed, "retrain-train"))
     child = child.to(runtime.device)
     if channels_last:
         child = child.to(memory_format=torch.channels_last)
@@ -361,7 +362,7 @@ def run(
         postprocess_stream = spos_data.BatchStream(
             data.train,
             batch_size=cfg.batch_size,
-            seed=seed_from(config.seed, "retrain-bn-postprocess"),
+            seed=seed_from(retrain_seed, "retrain-bn-postprocess"),
             augment=augment,
             rank=runtime.rank,
             world_size=runtime.world_size,
@@ -397,6 +398,7 @@ def run(
             "arch": arch.short(),
             "space": space.name,
             "init": cfg.init,
+            "seed": retrain_seed,
             "epochs": cfg.epochs,
             "steps": step,
             "batch_size": cfg.batch_size,
