@@ -133,8 +133,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     run_dir = Path(args.run)
     config = _resolve_config(argparse.Namespace(config=args.config, out=run_dir, overrides=args.overrides))
     runtime = _runtime(config)
+    summary = export.run(config, run_dir, runtime=runtime)  # every rank: it meets at a barrier
     if runtime.is_main:
-        summary = export.run(config, run_dir, runtime=runtime)
         print(f"exported to {run_dir / 'export'}: {json.dumps(summary)}")
     runtime.close()
     return 0
@@ -184,8 +184,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     train_supernet.run(config, run_dir, runtime=runtime, progress=_TqdmProgress)
     search.run(config, run_dir, runtime=runtime, progress=_TqdmProgress)
     summary = retrain.run(config, run_dir, runtime=runtime, progress=_TqdmProgress)
+    export.run(config, run_dir, runtime=runtime)  # every rank: rank 0 writes, all meet after
     if runtime.is_main:
-        export.run(config, run_dir, runtime=runtime)
         report = write_report(run_dir)
         print(
             f"done: test top-1 {summary['test_top1']:.2f}% ({summary['flops']:,} MACs, "
@@ -246,7 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", type=Path, default=None, help="architecture file (default: RUN_DIR/arch.json)")
 
     p = sub.add_parser("export", help="export the retrained model to ONNX and torch.export, checked numerically")
-    p.add_argument("--run", type=Path, required=True, help="run directory with retrain/child.ckpt")
+    # --out as for the other stages; also the spelling torchrun accepts (it reads "--run" as
+    # an ambiguous abbreviation of its own --run-path and refuses the command line).
+    p.add_argument("--run", "--out", dest="run", type=Path, required=True, help="run directory with retrain/child.ckpt")
     p.add_argument("--config", type=Path, default=None, help="config (default: RUN/config.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(handler=_cmd_export)

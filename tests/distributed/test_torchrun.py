@@ -189,6 +189,10 @@ def test_distributed_search_writes_the_same_arch_json(smoke_two_ranks, tmp_path)
     spos(2, "retrain", "--out", str(two), *SMOKE_ARGS)
     retrained = json.loads((two / "summary.json").read_text())["retrain"]
     assert retrained["bn_postprocess"] and 0.0 <= retrained["test_top1"] <= 100.0
+    # Export runs on every rank (rank 0 writes, all meet at a barrier): it used to be called
+    # on rank 0 alone, whose collectives then met rank 1's exit and hung.
+    result = spos(2, "export", "--out", str(two), "threads=1")  # torchrun rejects "--run"
+    assert result.stdout.count("exported to") == 1 and (two / "export").is_dir()
 
 
 def _kill_everything(launcher: subprocess.Popen) -> None:
