@@ -29,6 +29,7 @@ The module imports no torch (search and its tests run in milliseconds).
 
 from __future__ import annotations
 
+import abc
 import logging
 import math
 import random
@@ -143,7 +144,7 @@ def _rng_state_from_json(state: Sequence[Any]) -> tuple[Any, ...]:
     return (int(version), tuple(int(v) for v in internal), gauss_next)
 
 
-class _Search:
+class _Search(abc.ABC):
     """Shared machinery: capped proposal, dedup cache, batch scoring, history, resume.
 
     Subclasses set :attr:`name` and implement :meth:`_propose` and :meth:`_settings`.
@@ -373,9 +374,9 @@ class _Search:
         self._top_keys, self._history = top_keys, history
 
     # ------------------------------------------------------------------ helpers
+    @abc.abstractmethod
     def _propose(self, batch: list[_Candidate], seen: set[str]) -> int:
         """Append this generation's candidates to ``batch``; return the number of draws."""
-        raise NotImplementedError
 
     def _settings(self) -> dict[str, Any]:
         return {

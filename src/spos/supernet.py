@@ -13,6 +13,7 @@ standalone child network with :func:`register_family`; :func:`build_supernet` an
 
 from __future__ import annotations
 
+import abc
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ __all__ = [
 _BUILTIN_FAMILY_MODULES = ("spos.spaces.shufflenet", "spos.spaces.channel", "spos.spaces.nb201", "spos.spaces.resnet_quant")
 
 
-class Supernet(nn.Module):
+class Supernet(nn.Module, abc.ABC):
     """Base class of every supernet: all candidates, one path per call.
 
     Subclasses build their modules in ``__init__``, implement :meth:`forward` and
@@ -57,11 +58,12 @@ class Supernet(nn.Module):
         layout = self.space.layout
         return (int(layout["in_channels"]), int(layout["input_size"]), int(layout["input_size"]))
 
-    def forward(self, x: Tensor, arch: Arch) -> Tensor:  # pragma: no cover - abstract
+    @abc.abstractmethod
+    def forward(self, x: Tensor, arch: Arch) -> Tensor:
         """Run the path ``arch`` on the batch ``x`` and return the logits."""
-        raise NotImplementedError
 
-    def path_modules(self, arch: Arch) -> list[tuple[str, nn.Module]]:  # pragma: no cover
+    @abc.abstractmethod
+    def path_modules(self, arch: Arch) -> list[tuple[str, nn.Module]]:
         """The modules the path ``arch`` runs, in forward order, each with its layer key.
 
         The key is the choice label for a candidate module and a fixed name (``"stem"``,
@@ -69,7 +71,6 @@ class Supernet(nn.Module):
         (:class:`spos.cost.CostModel`) and weight inheritance
         (:func:`spos.childnet.inherit_weights`) are built from this list.
         """
-        raise NotImplementedError
 
     def layer_choices(self, key: str) -> tuple[str, ...]:
         """The choice labels whose values decide what the path module ``key`` computes.

@@ -20,6 +20,8 @@ weights into exactly those blocks, so cost tables count the child's shapes and
 
 from __future__ import annotations
 
+import abc
+
 import torch
 from torch import Tensor, nn
 
@@ -51,7 +53,7 @@ __all__ = [
 _KERNELS = {"shuffle3x3": 3, "shuffle5x5": 5, "shuffle7x7": 7}
 
 
-class _SlicedTwoBranchBlock(nn.Module):
+class _SlicedTwoBranchBlock(nn.Module, abc.ABC):
     """A ShuffleNetV2 unit at maximum mid width; ``forward(x, mid_channels)`` slices it.
 
     ``branch_main[self.widen]`` is the conv that produces the mid width; every later sliced
@@ -75,9 +77,9 @@ class _SlicedTwoBranchBlock(nn.Module):
             main = layer(main, mid_channels) if index == self.widen else layer(main)
         return torch.cat((passthrough, main), 1)
 
+    @abc.abstractmethod
     def plain(self, mid_channels: int) -> nn.Module:
         """The plain block of this candidate at ``mid_channels``, holding the prefix weights."""
-        raise NotImplementedError  # pragma: no cover - both subclasses implement it
 
 
 class SlicedShuffleBlock(_SlicedTwoBranchBlock):
