@@ -222,6 +222,9 @@ def write_table() -> Path:
             ]) + " |"
         )
     lines += ["", "Commands:", ""] + [f"- `{r['name']}`: `{r['command']}`" for r in rows] + [""]
+    notes = RESULTS / "nb201" / "notes.md"  # hand-written findings, kept next to the data
+    if notes.exists():
+        lines += [notes.read_text().rstrip(), ""]
     path = RESULTS / "nb201_cifar10.md"
     path.write_text("\n".join(lines))
     return path

@@ -30,6 +30,7 @@ import os
 import re
 import statistics
 import tempfile
+import textwrap
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -917,7 +918,9 @@ def _plot_architecture(
         title="option (box colour)",
         fontsize=9.5,
     )
-    axes.set_title(title, fontsize=11.5)
+    # Wrap the title to the figure width (about 9 characters per inch at this size).
+    width_chars = max(30, int(figure.get_figwidth() * 9))
+    axes.set_title(textwrap.fill(title, width_chars), fontsize=11.5)
     return figure
 
 
