@@ -76,9 +76,42 @@ class DataConfig:
     """Training images of the synthetic dataset (dataset=synthetic only)."""
     synthetic_image_size: int = 16
     """Side of the synthetic images (dataset=synthetic only)."""
+    lazy: bool = False
+    """Stream an image_folder tree from disk instead of decoding it into memory: each batch is
+    decoded on the fly (thread pool) and cropped to input_size, images may differ in size. Needed
+    for ImageNet (~190 GB decoded). Training: RandomResizedCrop + flip (+ color_jitter, lighting;
+    crop_padding and pad_to do not apply); evaluation: shorter side resized to input_size / 0.875
+    (256 for 224), then centre crop. Normalisation statistics come from 1024 training images."""
+    input_size: int = 224
+    """Side of the crops a lazy dataset yields (data.lazy only)."""
+    crop_min_scale: float = 0.08
+    """Smallest area fraction of the random-resized crop (data.lazy only; official: 0.08)."""
+    color_jitter: float = 0.0
+    """Brightness/contrast/saturation jitter strength (data.lazy only; official ImageNet: 0.4)."""
+    lighting: float = 0.0
+    """Std of AlexNet PCA lighting noise (data.lazy only; 0.1 in many ImageNet recipes)."""
+    num_workers: int | None = None
+    """Image decoding threads per process (data.lazy only); null: CPU count, at most 8."""
 
     def validate(self, prefix: str) -> None:
         _check(self.val_size >= 1, f"{prefix}.val_size", "must be at least 1")
+        if self.lazy:
+            _check(
+                self.dataset == "image_folder",
+                f"{prefix}.lazy",
+                f"needs {prefix}.dataset=image_folder (got {self.dataset!r}); the other "
+                "datasets are small and always decoded into memory",
+            )
+            _check(self.pad_to is None, f"{prefix}.pad_to", "must be null with data.lazy")
+        _check(self.input_size >= 8, f"{prefix}.input_size", "must be at least 8")
+        _check(0 < self.crop_min_scale <= 1, f"{prefix}.crop_min_scale", "must be in (0, 1]")
+        _check(self.color_jitter >= 0, f"{prefix}.color_jitter", "must be >= 0")
+        _check(self.lighting >= 0, f"{prefix}.lighting", "must be >= 0")
+        _check(
+            self.num_workers is None or self.num_workers >= 1,
+            f"{prefix}.num_workers",
+            "must be >= 1 or null",
+        )
         _check(self.crop_padding >= 0, f"{prefix}.crop_padding", "must be >= 0")
         for name in ("train_limit", "test_limit", "pad_to"):
             value = getattr(self, name)

@@ -11,8 +11,11 @@ This module owns everything between files on disk and uint8 batches on a device:
   subset is a known bug and is not copied);
 * batched uint8 augmentation (pad + random crop + flip, no per-sample Python loop) and
   normalisation, so data loading stays a small fraction of a training step (SPEC section 8);
+  for streamed trees (``data.lazy``), the official ImageNet augmentation applied while
+  decoding: RandomResizedCrop + flip + colour jitter / PCA lighting;
 * :class:`BatchStream`, the deterministic, resumable, rank-sharded stream of training batches
-  that supernet training (SPEC section 3) and retraining draw from.
+  that supernet training (SPEC section 3) and retraining draw from, from memory or through a
+  loader that decodes each batch (prefetching the next in the background).
 
 Every random draw takes a ``torch.Generator`` made by :func:`make_generator` from a seed and a
 purpose, so the same seed gives the same data order, split and augmentation.
@@ -20,6 +23,7 @@ purpose, so the same seed gives the same data order, split and augmentation.
 
 from __future__ import annotations
 
+import copy
 import gzip
 import hashlib
 import importlib
@@ -31,6 +35,7 @@ import os
 import pickle
 import struct
 import tempfile
+import threading
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -53,12 +58,14 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_ROOT",
     "LazyImageFolder",
+    "add_lighting",
     "apply_crop_flip",
     "cached_dataset",
     "channel_stats",
     "crop_flip_params",
     "holdout_split",
     "iterate_batches",
+    "jitter_colors",
     "load_dataset",
     "make_generator",
     "pad_to",
@@ -442,6 +449,9 @@ def _index_images(
     _check_split(split)
     parts = [name.split("/") for name in _list_tree(path)]
     in_split = [p for p in parts if len(p) >= 3 and p[0] == split]
+    if not in_split and split == "test":
+        # ImageNet's layout: the labelled 50k validation images are the test split.
+        in_split = [p for p in parts if len(p) >= 3 and p[0] == "val"]
     if in_split:
         entries = sorted(("/".join(p), p[1]) for p in in_split)
     else:
@@ -450,6 +460,7 @@ def _index_images(
             raise DataError(
                 f"{path} has no '{split}/<class>/<image>' files (top-level folders: {tops[:10]}); "
                 f"lay the images out as {split}/<class>/<file>.jpg"
+                + (" (or val/<class>/<file>.jpg)" if split == "test" else "")
             )
         # No split level at all: the whole tree is the training set.
         entries = sorted(("/".join(p), p[0]) for p in parts if len(p) >= 2)
@@ -529,7 +540,7 @@ def read_image_folder(
             raise DataError(
                 f"{where} is {image.width}x{image.height} but {path}/{names[0]} is "
                 f"{width}x{height}; all images must have one size (resize them, or use "
-                "LazyImageFolder for variable-size images)"
+                "data.lazy=true to stream variable-size images)"
             )
         if image.mode in ("L", "LA", "1"):
             grey[index] = True
@@ -587,13 +598,83 @@ def random_resized_crop_box(
     return (width - crop_w) // 2, (height - crop_h) // 2, crop_w, crop_h
 
 
+#: ImageNet's RGB eigenvalues and eigenvectors (columns) on the [0, 1] scale, for AlexNet-style
+#: PCA "lighting" noise (Krizhevsky et al. 2012; fb.resnet.torch).
+_LIGHTING_EIGVAL = (0.2175, 0.0188, 0.0045)
+_LIGHTING_EIGVEC = (
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
+_GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as PIL's convert("L")
+
+
+def jitter_colors(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Brightness, contrast and saturation jitter on a uint8 RGB batch, batched.
+
+    Args:
+        images: ``uint8`` ``(N, 3, H, W)``.
+        factors: ``(N, 3)`` brightness, contrast and saturation factors (1 = unchanged),
+            applied in that order, each clamped to [0, 255] as torchvision's ``ColorJitter``
+            does (which picks a random order per image; this one is fixed).
+
+    Returns:
+        The jittered ``uint8`` batch.
+    """
+    if images.shape[1] != 3:
+        raise DataError(f"colour jitter needs RGB images, got {images.shape[1]} channels")
+    shape = (-1, 1, 1, 1)
+    factors = factors.to(images.device, torch.float32)
+    grey_weights = torch.tensor(_GREY_WEIGHTS, device=images.device).view(1, 3, 1, 1)
+    out = images.to(torch.float32)
+    out.mul_(factors[:, 0].view(shape)).clamp_(0, 255)
+    mean = (out * grey_weights).sum(1, keepdim=True).mean(dim=(2, 3), keepdim=True)
+    contrast = factors[:, 1].view(shape)
+    out.mul_(contrast).add_((1 - contrast) * mean).clamp_(0, 255)
+    grey = (out * grey_weights).sum(1, keepdim=True)
+    saturation = factors[:, 2].view(shape)
+    out.mul_(saturation).add_((1 - saturation) * grey).clamp_(0, 255)
+    return out.round_().to(torch.uint8)
+
+
+def add_lighting(images: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
+    """AlexNet PCA lighting noise on a uint8 RGB batch: add ``eigvec @ (alpha * eigval)``.
+
+    Args:
+        images: ``uint8`` ``(N, 3, H, W)``.
+        alphas: ``(N, 3)`` normal draws times the lighting strength (commonly 0.1).
+    """
+    eigval = torch.tensor(_LIGHTING_EIGVAL, device=images.device)
+    eigvec = torch.tensor(_LIGHTING_EIGVEC, device=images.device)
+    shift = (alphas.to(images.device, torch.float32) * eigval) @ eigvec.T * 255  # (N, 3)
+    out = images.to(torch.float32).add_(shift[:, :, None, None])
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _draft(image: Image.Image, width: int, height: int) -> float:
+    """Let libjpeg decode at 1/2, 1/4 or 1/8 scale while the result stays at least
+    ``width x height`` (a DCT-domain downscale: large photos and small crops decode several
+    times faster; ImageNet's typical 500x375 rarely qualifies for 224 crops); returns the
+    scale (1.0: full size)."""
+    if image.format != "JPEG" or width < 1 or height < 1:
+        return 1.0
+    original = image.width
+    result = image.draft(None, (width, height))
+    return 1.0 if result is None else original / result[1][2]
+
+
 class LazyImageFolder:
     """An image tree too large for memory (ImageNet): files listed once, decoded per batch.
 
-    Training batches get RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3) + horizontal flip;
-    evaluation batches get resize-shorter-side-to ``size / 0.875`` + centre crop. Random
-    parameters are drawn up front from the caller's generator, so the result does not depend
-    on thread scheduling.
+    Training batches get RandomResizedCrop (``scale``, ratio 3/4-4/3, bilinear) + horizontal
+    flip, optionally colour jitter and PCA lighting (the official SPOS / ShuffleNetV2 ImageNet
+    recipe: RandomResizedCrop + ColorJitter(0.4) + flip); evaluation batches get
+    resize-shorter-side-to ``size / 0.875`` (256 for 224) + centre crop. Decoding, crop,
+    resize and the colour ops run per image in a thread pool (Pillow and torch release the
+    GIL; JPEGs are decoded at a reduced DCT scale when the crop allows); the flip runs batched
+    on the decoded ``uint8`` tensor. Random parameters are drawn up front from the caller's
+    generator for the whole global batch, so the result depends neither on thread
+    scheduling nor on how the batch is split across ranks.
 
     Attributes:
         root: The directory or zip.
@@ -617,21 +698,34 @@ class LazyImageFolder:
         self.num_workers = num_workers or _default_workers()
         self._is_archive = not self.root.is_dir()
         self._archive: zipfile.ZipFile | None = None
+        self._archive_lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.names)
 
+    def subset(self, indices: torch.Tensor | Sequence[int]) -> LazyImageFolder:
+        """The images at ``indices`` (in that order) as a new folder view (no decoding)."""
+        index = torch.as_tensor(indices, dtype=torch.int64).flatten()
+        view = copy.copy(self)
+        view.names = [self.names[i] for i in index.tolist()]
+        view.labels = self.labels[index]
+        view._archive, view._archive_lock = None, threading.Lock()
+        return view
+
     def close(self) -> None:
         """Close the zip archive, if one is open."""
-        if self._archive is not None:
-            self._archive.close()
-            self._archive = None
+        with self._archive_lock:
+            if self._archive is not None:
+                self._archive.close()
+                self._archive = None
 
     def _read_archive(self, index: int) -> bytes:
-        # Reads stay in the calling thread: one ZipFile handle is not shared across threads.
-        if self._archive is None:
-            self._archive = zipfile.ZipFile(self.root)
-        return self._archive.read(self.names[index])
+        # One ZipFile handle is not shared by concurrent readers: reads are serialised here
+        # (they are cheap next to decoding, which runs in the pool).
+        with self._archive_lock:
+            if self._archive is None:
+                self._archive = zipfile.ZipFile(self.root)
+            return self._archive.read(self.names[index])
 
     def load_batch(
         self,
@@ -640,6 +734,12 @@ class LazyImageFolder:
         size: int,
         train: bool,
         generator: torch.Generator | None = None,
+        start: int = 0,
+        total: int | None = None,
+        scale: tuple[float, float] = (0.08, 1.0),
+        flip: bool = True,
+        color_jitter: float = 0.0,
+        lighting: float = 0.0,
     ) -> torch.Tensor:
         """Decode and transform the images at ``indices``.
 
@@ -647,50 +747,89 @@ class LazyImageFolder:
             indices: Which images.
             size: Output side length.
             train: Random crop + flip (needs ``generator``) instead of resize + centre crop.
-            generator: Source of the crop and flip draws.
+            generator: Source of every random draw (training only).
+            start: Row of ``indices[0]`` within the global batch this batch is a share of.
+            total: Size of that global batch (default ``start + len(indices)``); parameters
+                are drawn for all ``total`` images and rows ``[start, start + len)`` are used,
+                as in :func:`random_crop_flip`.
+            scale: Area fraction range of the random-resized crop.
+            flip: Flip horizontally with probability 1/2.
+            color_jitter: Brightness, contrast and saturation factors uniform in
+                ``[1 - color_jitter, 1 + color_jitter]`` (0 disables; official: 0.4).
+            lighting: Standard deviation of the PCA lighting noise (0 disables; AlexNet: 0.1).
 
         Returns:
             ``uint8`` tensor of shape ``(len(indices), 3, size, size)``.
         """
         index_list = [int(i) for i in torch.as_tensor(indices, dtype=torch.int64).flatten()]
         count = len(index_list)
+        total = start + count if total is None else total
+        if not 0 <= start <= total - count:
+            raise DataError(f"share [{start}, {start + count}) lies outside a batch of {total}")
         if train:
             if generator is None:
                 raise ValueError("load_batch(train=True) needs a generator for its random crops")
-            uniforms = torch.rand(count, 10, 4, generator=generator, dtype=torch.float64).tolist()
-            flips = (torch.rand(count, generator=generator) < 0.5).tolist()
+            rows = slice(start, start + count)
+            uniforms = torch.rand(total, 10, 4, generator=generator, dtype=torch.float64)
+            uniforms = uniforms[rows].tolist()
+            flips = torch.rand(total, generator=generator)[rows] < 0.5
+            if not flip:
+                flips = torch.zeros_like(flips)
+            factors = alphas = None
+            if color_jitter:
+                draws = torch.rand(total, 3, generator=generator)[rows]
+                factors = (1 + color_jitter * (2 * draws - 1)).clamp_(min=0)
+            if lighting:
+                alphas = torch.randn(total, 3, generator=generator)[rows] * lighting
         sources = [self._read_archive(i) for i in index_list] if self._is_archive else None
-        out = np.empty((count, size, size, 3), dtype=np.uint8)
+        out = torch.empty((count, 3, size, size), dtype=torch.uint8)
         resize_to = int(round(size / 0.875))
 
         def work(slot: int) -> None:
             index = index_list[slot]
+            where = f"{self.root}/{self.names[index]}"
             source = sources[slot] if sources is not None else self.root / self.names[index]
-            image = _open_image(source, f"{self.root}/{self.names[index]}").convert("RGB")
-            if train:
-                left, top, crop_w, crop_h = random_resized_crop_box(
-                    image.width, image.height, uniforms[slot]
-                )
-                box = (left, top, left + crop_w, top + crop_h)
-                image = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
-                if flips[slot]:
-                    image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            else:
-                short = min(image.width, image.height)
-                new_w = resize_to if image.width == short else int(resize_to * image.width / short)
-                new_h = (
-                    resize_to if image.height == short else int(resize_to * image.height / short)
-                )
-                image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
-                top = int(round((new_h - size) / 2.0))
-                left = int(round((new_w - size) / 2.0))
-                image = image.crop((left, top, left + size, top + size))
-            out[slot] = np.asarray(image)
+            try:
+                image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+                width, height = image.size
+                if train:
+                    left, top, crop_w, crop_h = random_resized_crop_box(
+                        width, height, uniforms[slot], scale=scale
+                    )
+                    reduce = _draft(image, -(-width * size // crop_w), -(-height * size // crop_h))
+                    image = image.convert("RGB")
+                    box = (left, top, left + crop_w, top + crop_h)
+                    image = image.resize(
+                        (size, size), Image.Resampling.BILINEAR, box=tuple(v / reduce for v in box)
+                    )
+                else:
+                    short = min(width, height)
+                    new_w = resize_to if width == short else int(resize_to * width / short)
+                    new_h = resize_to if height == short else int(resize_to * height / short)
+                    _draft(image, new_w, new_h)
+                    image = image.convert("RGB").resize((new_w, new_h), Image.Resampling.BILINEAR)
+                    top = int(round((new_h - size) / 2.0))
+                    left = int(round((new_w - size) / 2.0))
+                    image = image.crop((left, top, left + size, top + size))
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+                raise DataError(
+                    f"cannot decode image {where} ({exc}); replace or delete the file"
+                ) from None
+            pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]
+            # Colour ops per image, in this thread: a cache-sized image is ~6x faster than
+            # the same ops over the whole batch (measured on CPU), and threads run in parallel.
+            if train and factors is not None:
+                pixels = jitter_colors(pixels, factors[slot : slot + 1])
+            if train and alphas is not None:
+                pixels = add_lighting(pixels, alphas[slot : slot + 1])
+            out[slot] = pixels[0]
 
-        with ThreadPoolExecutor(self.num_workers) as pool:
+        with ThreadPoolExecutor(min(self.num_workers, max(1, count))) as pool:
             for _ in pool.map(work, range(count)):
                 pass
-        return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+        if train:
+            out = torch.where(flips[:, None, None, None], out.flip(-1), out)
+        return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -1171,11 +1310,18 @@ class BatchStream:
             rank's batch the same size under DDP).
         rank: This process's rank.
         world_size: Number of ranks.
+        loader: For a dataset not held in memory (:class:`LazyImageFolder`):
+            ``loader(indices, generator=..., start=..., total=...) -> uint8 images`` reads and
+            augments a rank's share of dataset indices (e.g. ``load_batch`` with its transform
+            bound), under the same contract as ``augment``, which must then be ``None``.
+        prefetch: Prepare the next batch in a background thread while the caller trains on
+            this one (for a ``loader`` that decodes files). Batches stay a function of
+            ``(seed, epoch, position)``, so results and resuming are unchanged.
     """
 
     def __init__(
         self,
-        dataset: ArrayDataset,
+        dataset: ArrayDataset | LazyImageFolder,
         *,
         batch_size: int,
         seed: int,
@@ -1183,7 +1329,13 @@ class BatchStream:
         drop_last: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        loader: Callable[..., torch.Tensor] | None = None,
+        prefetch: bool = False,
     ) -> None:
+        if loader is not None and augment is not None:
+            raise ValueError("BatchStream takes augment (in-memory data) or loader, not both")
+        if loader is None and not isinstance(dataset, ArrayDataset):
+            raise ValueError(f"a {type(dataset).__name__} needs a loader to read its images")
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise DataError(
                 f"bad batch stream setup: batch_size={batch_size}, rank={rank}, world_size={world_size}"
@@ -1205,10 +1357,14 @@ class BatchStream:
         self.drop_last = drop_last
         self.rank = rank
         self.world_size = world_size
+        self.loader = loader
+        self.prefetch = prefetch
         self._epoch = 0
         self._position = 0
-        self._permutation: torch.Tensor | None = None
-        self._permutation_epoch = -1
+        self._permutations: dict[int, torch.Tensor] = {}
+        self._permutation_lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: tuple[tuple[int, int], Any] | None = None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -1225,33 +1381,58 @@ class BatchStream:
         """Index of the next batch within the current epoch."""
         return self._position
 
-    def _epoch_permutation(self) -> torch.Tensor:
-        if self._permutation_epoch != self._epoch:
-            generator = make_generator(self.seed, "batch-order", self._epoch)
-            permutation = torch.randperm(len(self.dataset), generator=generator)
-            self._permutation = permutation.to(self.dataset.labels.device)
-            self._permutation_epoch = self._epoch
-        assert self._permutation is not None
-        return self._permutation
+    def _epoch_permutation(self, epoch: int) -> torch.Tensor:
+        # Locked: the prefetch thread may ask for the next epoch's order meanwhile.
+        with self._permutation_lock:
+            if epoch not in self._permutations:
+                generator = make_generator(self.seed, "batch-order", epoch)
+                permutation = torch.randperm(len(self.dataset), generator=generator)
+                self._permutations = {
+                    e: p for e, p in self._permutations.items() if e >= epoch - 1
+                }
+                self._permutations[epoch] = permutation.to(self.dataset.labels.device)
+            return self._permutations[epoch]
+
+    def _batch(self, epoch: int, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's share of global batch ``position`` of ``epoch`` (a pure function)."""
+        start = position * self.batch_size
+        global_batch = self._epoch_permutation(epoch)[start : start + self.batch_size]
+        shares = global_batch.tensor_split(self.world_size)
+        share = shares[self.rank]
+        labels = self.dataset.labels[share]
+        offset = sum(len(s) for s in shares[: self.rank])
+        if self.loader is not None:
+            generator = make_generator(self.seed, "augment", epoch, position)
+            images = self.loader(
+                share.cpu(), generator=generator, start=offset, total=len(global_batch)
+            )
+            return images, labels
+        images = self.dataset.images[share]
+        if self.augment is not None:
+            generator = make_generator(self.seed, "augment", epoch, position)
+            images = self.augment(
+                images, generator=generator, start=offset, total=len(global_batch)
+            )
+        return images, labels
 
     def __iter__(self) -> BatchStream:
         return self
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        start = self._position * self.batch_size
-        global_batch = self._epoch_permutation()[start : start + self.batch_size]
-        shares = global_batch.tensor_split(self.world_size)
-        share = shares[self.rank]
-        images, labels = self.dataset.images[share], self.dataset.labels[share]
-        if self.augment is not None:
-            generator = make_generator(self.seed, "augment", self._epoch, self._position)
-            start = sum(len(s) for s in shares[: self.rank])
-            images = self.augment(
-                images, generator=generator, start=start, total=len(global_batch)
-            )
+        key = (self._epoch, self._position)
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[0] == key:
+            images, labels = pending[1].result()
+        else:
+            images, labels = self._batch(*key)
         self._position += 1
         if self._position == self.steps_per_epoch:
             self._epoch, self._position = self._epoch + 1, 0
+        if self.prefetch:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="spos-prefetch")
+            following = (self._epoch, self._position)
+            self._pending = (following, self._executor.submit(self._batch, *following))
         return images, labels
 
     def state_dict(self) -> dict[str, int]:
@@ -1275,10 +1456,36 @@ class BatchStream:
 
 
 def iterate_batches(
-    dataset: ArrayDataset, *, batch_size: int
+    dataset: ArrayDataset | LazyImageFolder, *, batch_size: int, size: int | None = None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """In-order evaluation batches ``(images, labels)`` without augmentation, last one partial."""
+    """In-order evaluation batches ``(images, labels)`` without augmentation, last one partial.
+
+    A :class:`LazyImageFolder` is decoded batch by batch with its evaluation transform at
+    ``size`` (required for it), the next batch decoding in the background meanwhile.
+    """
     if batch_size < 1:
         raise DataError(f"batch size must be positive, got {batch_size}")
+    if isinstance(dataset, LazyImageFolder):
+        if size is None:
+            raise ValueError("iterate_batches over a LazyImageFolder needs the image size")
+        yield from _iterate_lazy(dataset, batch_size=batch_size, size=size)
+        return
     for start in range(0, len(dataset), batch_size):
         yield dataset.images[start : start + batch_size], dataset.labels[start : start + batch_size]
+
+
+def _iterate_lazy(
+    dataset: LazyImageFolder, *, batch_size: int, size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    starts = list(range(0, len(dataset), batch_size))
+
+    def load(start: int) -> torch.Tensor:
+        stop = min(start + batch_size, len(dataset))
+        return dataset.load_batch(range(start, stop), size=size, train=False)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="spos-prefetch") as executor:
+        pending = executor.submit(load, starts[0]) if starts else None
+        for i, start in enumerate(starts):
+            images = pending.result()
+            pending = executor.submit(load, starts[i + 1]) if i + 1 < len(starts) else None
+            yield images, dataset.labels[start : start + batch_size]

@@ -36,6 +36,12 @@ def top1_accuracy(
     return correct, total
 
 
+def _as_sequence(
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+) -> Sequence[tuple[torch.Tensor, torch.Tensor]]:
+    return batches if isinstance(batches, Sequence) else list(batches)
+
+
 class ArchScorer:
     """Scores architectures of a supernet: recalibrate the path's BN, then validation top-1.
 
@@ -57,8 +63,9 @@ class ArchScorer:
         if metric not in ("accuracy", "loss"):
             raise ValueError(f"score metric must be 'accuracy' or 'loss', got {metric!r}")
         self.supernet = supernet
-        self.recalibrate_batches = list(recalibrate_batches)
-        self.val_batches = list(val_batches)
+        # A Sequence is kept as is: it may produce its device batches on access (lazily read data).
+        self.recalibrate_batches = _as_sequence(recalibrate_batches)
+        self.val_batches = _as_sequence(val_batches)
         self.metric = metric
 
     def recalibrate(self, arch: Arch) -> None:

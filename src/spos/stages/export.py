@@ -43,6 +43,7 @@ from spos.checkpoint import load_checkpoint, state_dict_sha256
 from spos.childnet import build_child
 from spos.config import RunConfig
 from spos.cost import CostModel
+from spos.data import LazyImageFolder
 from spos.dist import Runtime
 from spos.errors import CheckpointError, ConfigError, DataError, SposError
 from spos.space import SearchSpace
@@ -104,12 +105,17 @@ def _check_batches(
     except DataError as exc:  # exporting away from the data: the random batch still checks
         log.warning("no test images to check the export on (%s); using random inputs only", exc)
         return batches
-    if tuple(test.images.shape[1:]) != input_shape:
+    if isinstance(test, LazyImageFolder):  # data.lazy: decode just the images needed
+        count = min(_REAL_BATCH, len(test))
+        images = test.load_batch(range(count), size=input_shape[1], train=False)
+    else:
+        images = test.images[:_REAL_BATCH]
+    if tuple(images.shape[1:]) != input_shape:
         raise ConfigError(
-            f"the config's test images have shape {tuple(test.images.shape[1:])} but the "
+            f"the config's test images have shape {tuple(images.shape[1:])} but the "
             f"retrained model takes {input_shape}; export with the run's own config.yaml"
         )
-    batches["test"] = _normalise(test.images[:_REAL_BATCH], preprocess)
+    batches["test"] = _normalise(images, preprocess)
     return batches
 
 

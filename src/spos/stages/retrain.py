@@ -26,7 +26,6 @@ returns its summary without training again. Writes ``retrain/child.ckpt``,
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import os
@@ -54,6 +53,7 @@ from spos.stages.common import (
     ProgressFactory,
     TrainingWindow,
     build_space,
+    eval_batches,
     learning_rate,
     load_test_split,
     make_sgd,
@@ -63,6 +63,7 @@ from spos.stages.common import (
     read_summary,
     seed_from,
     start_run,
+    train_stream,
     update_summary,
 )
 from spos.stages.train_supernet import CHECKPOINT_NAME as SUPERNET_CHECKPOINT_NAME
@@ -116,7 +117,7 @@ def _inherit_from_supernet(child: nn.Module, path: Path, space: SearchSpace, arc
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    dataset: spos_data.ArrayDataset,
+    dataset: spos_data.ArrayDataset | spos_data.LazyImageFolder,
     data: PreparedData,
     runtime: Runtime,
     *,
@@ -133,7 +134,7 @@ def evaluate(
     model.eval()
     k = min(5, data.num_classes)
     hits_top1 = hits_topk = total = 0
-    for images, labels in spos_data.iterate_batches(dataset, batch_size=batch_size):
+    for images, labels in eval_batches(dataset, data, batch_size=batch_size):
         logits = model(data.to_float(images, runtime, channels_last=channels_last))
         hits = logits.topk(k, dim=1).indices == labels.to(runtime.device)[:, None]
         hits_top1 += int(hits[:, 0].sum())
@@ -204,17 +205,12 @@ def run(
     )
     space = build_space(config, data)
     arch = _load_arch(arch_file, space)
-    padding, flip = config.data.crop_padding, config.data.flip
-
-    augment = functools.partial(spos_data.random_crop_flip, padding=padding, flip=flip)
-
-    stream = spos_data.BatchStream(
-        data.train,
+    stream = train_stream(
+        config,
+        data,
+        runtime,
         batch_size=cfg.batch_size,
         seed=seed_from(retrain_seed, "retrain-data"),
-        augment=augment,
-        rank=runtime.rank,
-        world_size=runtime.world_size,
     )
     steps_per_epoch = stream.steps_per_epoch
     total_steps = cfg.epochs * steps_per_epoch
@@ -359,13 +355,12 @@ def run(
     metrics.close()
 
     if cfg.bn_postprocess and not bn_postprocessed:
-        postprocess_stream = spos_data.BatchStream(
-            data.train,
+        postprocess_stream = train_stream(
+            config,
+            data,
+            runtime,
             batch_size=cfg.batch_size,
             seed=seed_from(retrain_seed, "retrain-bn-postprocess"),
-            augment=augment,
-            rank=runtime.rank,
-            world_size=runtime.world_size,
         )
 
         def batches() -> Iterator[torch.Tensor]:
@@ -384,7 +379,7 @@ def run(
     if runtime.is_main:
         test = evaluate(
             child,
-            load_test_split(config),
+            load_test_split(config, classes=data.train.classes),
             data,
             runtime,
             batch_size=eval_batch_size,
