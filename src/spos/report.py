@@ -1018,8 +1018,33 @@ def _plot_rank_scatter(rank: Mapping[str, Any]) -> Figure:
             fontsize=10,
             bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "0.7"},
         )
+    # Zoom on the bulk: a few degenerate architectures (e.g. NAS-Bench-201 cells cut by
+    # 'none' edges, at chance) would otherwise squeeze every other point into a corner.
+    if len(pairs) >= 20:
+        limits = []
+        for values in ([a for a, _ in pairs], [b for _, b in pairs]):
+            ordered = sorted(values)
+            low, high = ordered[int(0.03 * len(ordered))], ordered[-1]
+            pad = 0.05 * max(high - low, 1e-9)
+            limits.append((low - pad, high + pad))
+        outside = sum(
+            not (limits[0][0] <= a <= limits[0][1] and limits[1][0] <= b <= limits[1][1])
+            for a, b in pairs
+        )
+        if outside:
+            axes.set_xlim(*limits[0])
+            axes.set_ylim(*limits[1])
+            axes.text(
+                0.97,
+                0.03,
+                f"{outside} of {len(pairs)} outside this view (lowest 3%)",
+                transform=axes.transAxes,
+                ha="right",
+                fontsize=9,
+                color="0.35",
+            )
     axes.set_xlabel("true accuracy (%)\n(stand-alone training / ground truth)")
-    axes.set_ylabel("supernet score (%)\n(inherited weights)")
+    axes.set_ylabel("supernet score\n(inherited weights)")
     return figure
 
 
