@@ -50,8 +50,8 @@ import math
 import os
 import platform
 import shutil
-import sys
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
