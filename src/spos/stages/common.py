@@ -10,7 +10,7 @@ import functools
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from spos import data as spos_data
-from spos.arch import atomic_write_text
+from spos.arch import Arch, atomic_write_text
 from spos.config import DataConfig, RunConfig, save_config
 from spos.dist import Runtime
 from spos.errors import ConfigError, DataError
@@ -29,6 +29,7 @@ __all__ = [
     "Progress",
     "ProgressFactory",
     "null_progress",
+    "score_sharded",
     "PreparedData",
     "prepare_data",
     "place_dataset",
@@ -479,3 +480,21 @@ class Stopwatch:
     def __call__(self) -> float:
         return time.perf_counter() - self.start
 
+
+def score_sharded(
+    archs: Sequence[Arch],
+    score: Callable[[Arch], float],
+    runtime: Runtime,
+    *,
+    on_score: Callable[[Arch, float], None] | None = None,
+) -> dict[str, float]:
+    """Score ``archs`` split across ranks (rank r takes every world_size-th); gather on all."""
+    mine: dict[str, float] = {}
+    for arch in list(archs)[runtime.rank :: runtime.world_size]:
+        mine[arch.key] = value = score(arch)
+        if on_score is not None:
+            on_score(arch, value)
+    gathered: dict[str, float] = {}
+    for shard in runtime.all_gather_objects(mine):
+        gathered.update(shard)
+    return gathered

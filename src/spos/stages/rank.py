@@ -18,14 +18,11 @@ import csv
 import io
 import json
 import logging
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from spos.arch import Arch, atomic_write_text
-from spos.checkpoint import check_space, load_checkpoint, state_dict_sha256
+from spos.checkpoint import load_checkpoint
 from spos.config import RunConfig
 from spos.dist import Runtime
 from spos.groundtruth import GroundTruth
@@ -33,38 +30,17 @@ from spos.space import make_rng
 from spos.stages.common import (
     ProgressFactory,
     Stopwatch,
-    build_space,
     null_progress,
-    prepare_data,
+    score_sharded,
     update_summary,
     write_json,
 )
-from spos.stages.train_supernet import CHECKPOINT_NAME, build_scorer
+from spos.stages.train_supernet import CHECKPOINT_NAME, open_for_scoring
 from spos.stats import rank_correlations
-from spos.supernet import build_supernet
 
-__all__ = ["run", "score_sharded"]
+__all__ = ["run"]
 
 log = logging.getLogger(__name__)
-
-
-def score_sharded(
-    archs: Sequence[Arch],
-    score: Callable[[Arch], float],
-    runtime: Runtime,
-    *,
-    on_score: Callable[[Arch, float], None] | None = None,
-) -> dict[str, float]:
-    """Score ``archs`` split across ranks (rank r takes every world_size-th); gather on all."""
-    mine: dict[str, float] = {}
-    for arch in list(archs)[runtime.rank :: runtime.world_size]:
-        mine[arch.key] = value = score(arch)
-        if on_score is not None:
-            on_score(arch, value)
-    gathered: dict[str, float] = {}
-    for shard in runtime.all_gather_objects(mine):
-        gathered.update(shard)
-    return gathered
 
 
 def _read_cache(path: Path, fingerprint: str) -> dict[str, float]:
@@ -97,31 +73,11 @@ def run(
     run_dir = Path(run_dir)
     checkpoint_path = Path(supernet_path) if supernet_path else run_dir / CHECKPOINT_NAME
     payload = load_checkpoint(checkpoint_path, kind="supernet", map_location="cpu")
-    data = prepare_data(config)
-    space = check_space(payload, build_space(config, data), path=checkpoint_path)
+    space, _, fingerprint, scorer = open_for_scoring(config, payload, checkpoint_path, runtime)
     truth = GroundTruth.load(ground_truth, space, column)
     indices = truth.sample(num_archs, make_rng(config.seed, "rank-archs"))
     archs = [truth.archs[i] for i in indices]
     true_values = [truth.values[i] for i in indices]
-
-    supernet = build_supernet(space)
-    supernet.load_state_dict(payload["state"]["model"])
-    fingerprint = state_dict_sha256(supernet.state_dict())
-    supernet = supernet.to(runtime.device)
-    if config.supernet.channels_last:
-        supernet = supernet.to(memory_format=torch.channels_last)
-    supernet.eval()
-    scorer = build_scorer(
-        supernet,
-        data,
-        runtime,
-        seed=config.seed,
-        recalibrate_images=cfg.recalibrate_images,
-        val_images=cfg.val_images,
-        batch_size=cfg.batch_size,
-        channels_last=config.supernet.channels_last,
-        metric=cfg.score,
-    )
 
     out_dir = run_dir / "rank"
     if runtime.is_main:

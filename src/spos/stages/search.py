@@ -16,10 +16,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from spos.arch import Arch, atomic_write_text
-from spos.checkpoint import check_space, load_checkpoint, state_dict_sha256
+from spos.checkpoint import load_checkpoint
 from spos.config import RunConfig
 from spos.cost import CostModel, build_constraints
 from spos.dist import Runtime
@@ -29,15 +27,13 @@ from spos.space import make_rng
 from spos.stages.common import (
     ProgressFactory,
     Stopwatch,
-    build_space,
     null_progress,
-    prepare_data,
+    score_sharded,
     start_run,
     update_summary,
     write_json,
 )
-from spos.stages.train_supernet import CHECKPOINT_NAME, build_scorer
-from spos.supernet import build_supernet
+from spos.stages.train_supernet import CHECKPOINT_NAME, open_for_scoring
 
 __all__ = ["run"]
 
@@ -148,39 +144,16 @@ def run(
     checkpoint_path = Path(supernet_path) if supernet_path else run_dir / CHECKPOINT_NAME
     payload = load_checkpoint(checkpoint_path, kind="supernet", map_location="cpu")
     start_run(config, run_dir, runtime)
-    data = prepare_data(config)
-    space = check_space(payload, build_space(config, data), path=checkpoint_path)
-
-    supernet = build_supernet(space)
-    supernet.load_state_dict(payload["state"]["model"])
-    fingerprint = state_dict_sha256(supernet.state_dict())
-    supernet = supernet.to(runtime.device)
-    if config.supernet.channels_last:
-        supernet = supernet.to(memory_format=torch.channels_last)
-    supernet.eval()
+    space, _, fingerprint, scorer = open_for_scoring(config, payload, checkpoint_path, runtime)
 
     costs = CostModel.from_space(space)
     constraints = build_constraints(
         cfg.constraints, costs=costs, latency_table=cfg.latency_table, space=space
     )
-    scorer = build_scorer(
-        supernet,
-        data,
-        runtime,
-        seed=config.seed,
-        recalibrate_images=cfg.recalibrate_images,
-        val_images=cfg.val_images,
-        batch_size=cfg.batch_size,
-        channels_last=config.supernet.channels_last,
-        metric=cfg.score,
-    )
     cache: dict[str, float] = {}  # shared by the strategy and its baseline: one score per arch
 
     def score_many(archs: list[Arch]) -> list[float]:
-        todo = [arch for arch in archs if arch.key not in cache]
-        mine = {arch.key: scorer.score(arch) for arch in todo[runtime.rank :: runtime.world_size]}
-        for shard in runtime.all_gather_objects(mine):
-            cache.update(shard)
+        cache.update(score_sharded([a for a in archs if a.key not in cache], scorer.score, runtime))
         return [cache[arch.key] for arch in archs]
 
     def costs_of(arch: Arch) -> dict[str, float]:

@@ -53,7 +53,7 @@ from spos.stages.common import (
 from spos.stats import rank_correlations
 from spos.supernet import Supernet, build_supernet
 
-__all__ = ["run", "CHECKPOINT_NAME", "build_panel", "build_scorer"]
+__all__ = ["run", "CHECKPOINT_NAME", "build_panel", "build_scorer", "open_for_scoring"]
 
 log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "supernet.ckpt"
@@ -144,6 +144,39 @@ def build_scorer(
     return ArchScorer(
         supernet, recalibrate_batches=prepared(recal), val_batches=prepared(val), metric=metric
     )
+
+
+def open_for_scoring(
+    config: RunConfig, payload: dict[str, Any], checkpoint_path: Path, runtime: Runtime
+) -> tuple[SearchSpace, Supernet, str, ArchScorer]:
+    """A trained supernet checkpoint made ready to score paths as search does.
+
+    Returns ``(space, supernet, weights_sha256, scorer)``: the space (checked against the
+    checkpoint), the supernet in eval mode on the device, the hash of its weights, and a
+    scorer with the ``search`` section's recalibration/validation images and score metric.
+    """
+    data = prepare_data(config)
+    space = check_space(payload, build_space(config, data), path=checkpoint_path)
+    supernet = build_supernet(space)
+    supernet.load_state_dict(payload["state"]["model"])
+    fingerprint = state_dict_sha256(supernet.state_dict())
+    supernet = supernet.to(runtime.device)
+    if config.supernet.channels_last:
+        supernet = supernet.to(memory_format=torch.channels_last)
+    supernet.eval()
+    cfg = config.search
+    scorer = build_scorer(
+        supernet,
+        data,
+        runtime,
+        seed=config.seed,
+        recalibrate_images=cfg.recalibrate_images,
+        val_images=cfg.val_images,
+        batch_size=cfg.batch_size,
+        channels_last=config.supernet.channels_last,
+        metric=cfg.score,
+    )
+    return space, supernet, fingerprint, scorer
 
 
 def run(

@@ -1,0 +1,67 @@
+"""`spos rank` on a tiny NAS-Bench-201 supernet, against a ground-truth file the test writes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+
+from scipy.stats import kendalltau, spearmanr
+
+from spos.space import create_space
+from spos.spaces.catalog import nb201_to_arch_str
+from tests.conftest import SMOKE, run_cli
+
+NB201 = [
+    "space.name=nb201",
+    "space.layout={channels: 4, cells_per_stage: 1}",
+    "data.synthetic_image_size=32",
+    "supernet.steps=30",
+    "supernet.eval_every=0",
+    "supernet.panel_size=0",
+    "threads=1",
+]
+
+
+def test_rank_reports_correlations_that_match_its_own_scores(tmp_path):
+    space = create_space("nb201")
+    rng = random.Random(0)
+    rows = {}
+    while len(rows) < 24:
+        arch = space.sample(rng)
+        ops = [value for _, value in arch.values]
+        # A made-up "truth": more 3x3 convs is better.
+        rows[nb201_to_arch_str(ops)] = 80 + 2 * ops.count("nor_conv_3x3") + 0.01 * len(rows)
+    truth = tmp_path / "truth.csv"
+    truth.write_text("arch_str,acc\n" + "".join(f"{a},{v}\n" for a, v in rows.items()))
+
+    run_dir = tmp_path / "run"
+    trained = run_cli("train-supernet", "--config", str(SMOKE), "--out", str(run_dir), *NB201)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    args = ["rank", "--run", str(run_dir), "--ground-truth", str(truth), "--column", "acc", "--num-archs", "12"]
+    ranked = run_cli(*args, "threads=1")
+    assert ranked.returncode == 0, ranked.stderr[-2000:]
+    assert "Kendall tau" in ranked.stdout
+
+    report = json.loads((run_dir / "rank" / "rank.json").read_text())
+    assert report["num_archs"] == 12 == len(report["points"])
+    true_values = [p[0] for p in report["points"]]
+    scores = [p[1] for p in report["points"]]
+    assert len(set(true_values)) == 12  # 12 distinct rows of the file
+    assert report["kendall_tau"] == round(kendalltau(true_values, scores)[0], 4)
+    assert report["spearman_rho"] == round(spearmanr(true_values, scores)[0], 4)
+    assert (run_dir / "rank" / "scatter.png").stat().st_size > 1000
+    with (run_dir / "rank" / "scores.csv").open() as handle:
+        assert len(list(csv.DictReader(handle))) == 12
+    assert json.loads((run_dir / "summary.json").read_text())["rank"]["kendall_tau"] == report["kendall_tau"]
+
+    # A rerun reads the score cache (keyed by the weights) and scores nothing again.
+    cache = run_dir / "rank" / "scores.jsonl"
+    lines = cache.read_text().count("\n")
+    again = run_cli(*args, "threads=1")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert cache.read_text().count("\n") == lines
+    assert json.loads((run_dir / "rank" / "rank.json").read_text())["points"] == report["points"]
+
+    bad = run_cli(*args[:-4], "--column", "top1", "--num-archs", "12")
+    assert bad.returncode == 2 and "no column 'top1'" in bad.stderr and "Traceback" not in bad.stderr
