@@ -6,6 +6,7 @@ family's model builder needs. Keep this module free of torch: search and its tes
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +22,7 @@ __all__ = [
     "nb201_from_arch_str",
     "nb201_to_arch_str",
     "shufflenet_space",
+    "skeleton",
 ]
 
 #: The four ShuffleNetV2 block candidates, in the official release's index order.
@@ -68,10 +70,9 @@ def shufflenet_space(
     return SearchSpace(name, version, "shufflenet", choices, layout)
 
 
-@register_space("shufflenet_imagenet")
-def shufflenet_imagenet(**layout: Any) -> SearchSpace:
-    """The paper's block search space: 224x224 input, 20 blocks x 4 candidates (4^20)."""
-    defaults = dict(
+#: The ShuffleNetV2 skeletons shared by the block and block + channel spaces.
+_SKELETONS: dict[str, dict[str, Any]] = {
+    "imagenet": dict(
         input_size=224,
         in_channels=3,
         num_classes=1000,
@@ -82,8 +83,31 @@ def shufflenet_imagenet(**layout: Any) -> SearchSpace:
         stage_strides=[2, 2, 2, 2],
         head_channels=1024,
         dropout=0.1,
-    )
-    return shufflenet_space("shufflenet_imagenet", **{**defaults, **layout})
+    ),
+    "cifar": dict(
+        input_size=32,
+        in_channels=3,
+        num_classes=10,
+        stem_channels=16,
+        stem_stride=1,
+        stage_repeats=[4, 4, 8, 4],
+        stage_channels=[32, 64, 128, 256],
+        stage_strides=[2, 2, 2, 1],
+        head_channels=512,
+        dropout=0.1,
+    ),
+}
+
+
+def skeleton(name: str) -> dict[str, Any]:
+    """A fresh copy of the ``"imagenet"`` or ``"cifar"`` ShuffleNetV2 skeleton layout."""
+    return copy.deepcopy(_SKELETONS[name])
+
+
+@register_space("shufflenet_imagenet")
+def shufflenet_imagenet(**layout: Any) -> SearchSpace:
+    """The paper's block search space: 224x224 input, 20 blocks x 4 candidates (4^20)."""
+    return shufflenet_space("shufflenet_imagenet", **{**skeleton("imagenet"), **layout})
 
 
 @register_space("shufflenet_cifar")
@@ -95,19 +119,7 @@ def shufflenet_cifar(**layout: Any) -> SearchSpace:
     and channels narrowed so the default pipeline fits 2 CPU cores (about 1,800 training img/s
     for the supernet at 28x28, batch 128, channels_last).
     """
-    defaults = dict(
-        input_size=32,
-        in_channels=3,
-        num_classes=10,
-        stem_channels=16,
-        stem_stride=1,
-        stage_repeats=[4, 4, 8, 4],
-        stage_channels=[32, 64, 128, 256],
-        stage_strides=[2, 2, 2, 1],
-        head_channels=512,
-        dropout=0.1,
-    )
-    return shufflenet_space("shufflenet_cifar", **{**defaults, **layout})
+    return shufflenet_space("shufflenet_cifar", **{**skeleton("cifar"), **layout})
 
 
 # --------------------------------------------------------------------------- NAS-Bench-201

@@ -23,7 +23,7 @@ from typing import Any
 
 from spos.errors import ConfigError
 from spos.space import Choice, SearchSpace, register_space
-from spos.spaces.catalog import SHUFFLE_CANDIDATES, shufflenet_space
+from spos.spaces.catalog import SHUFFLE_CANDIDATES, shufflenet_space, skeleton
 
 __all__ = [
     "CHANNEL_REFERENCE_ARCH",
@@ -94,36 +94,12 @@ def channel_space(name: str, *, width_scales: Sequence[float], **layout: Any) ->
 @register_space("shufflenet_channel_imagenet")
 def shufflenet_channel_imagenet(**layout: Any) -> SearchSpace:
     """The paper's block + channel space: ``shufflenet_imagenet`` x 8 mid widths (32^20)."""
-    defaults: dict[str, Any] = dict(
-        input_size=224,
-        in_channels=3,
-        num_classes=1000,
-        stem_channels=16,
-        stem_stride=2,
-        stage_repeats=[4, 4, 8, 4],
-        stage_channels=[64, 160, 320, 640],
-        stage_strides=[2, 2, 2, 2],
-        head_channels=1024,
-        dropout=0.1,
-        width_scales=list(WIDTH_SCALES),
-    )
+    defaults: dict[str, Any] = {**skeleton("imagenet"), "width_scales": list(WIDTH_SCALES)}
     return channel_space("shufflenet_channel_imagenet", **{**defaults, **layout})
 
 
 @register_space("shufflenet_channel_cifar")
 def shufflenet_channel_cifar(**layout: Any) -> SearchSpace:
     """Small-image block + channel space: the ``shufflenet_cifar`` skeleton x 8 mid widths."""
-    defaults: dict[str, Any] = dict(
-        input_size=32,
-        in_channels=3,
-        num_classes=10,
-        stem_channels=16,
-        stem_stride=1,
-        stage_repeats=[4, 4, 8, 4],
-        stage_channels=[32, 64, 128, 256],
-        stage_strides=[2, 2, 2, 1],
-        head_channels=512,
-        dropout=0.1,
-        width_scales=list(WIDTH_SCALES),
-    )
+    defaults: dict[str, Any] = {**skeleton("cifar"), "width_scales": list(WIDTH_SCALES)}
     return channel_space("shufflenet_channel_cifar", **{**defaults, **layout})
