@@ -87,7 +87,9 @@ def _probe_images_per_s(config, runtime, *, steps: int = 25) -> float:
     return steps * batch / (time.perf_counter() - start)
 
 
-def run_variant(name: str, minutes: float, num_archs: int, overrides: list[str], reuse: str | None) -> dict:
+def run_variant(
+    name: str, minutes: float, num_archs: int, overrides: list[str], reuse: str | None, steps: int | None = None
+) -> dict:
     from spos.arch import Arch
     from spos.dist import Runtime
     from spos.groundtruth import GroundTruth
@@ -108,8 +110,9 @@ def run_variant(name: str, minutes: float, num_archs: int, overrides: list[str],
         supernet_summary = json.loads((source / "summary.json").read_text())["supernet"]
     else:
         if not (run_dir / "supernet.ckpt").exists():
-            probe = _probe_images_per_s(config, runtime)
-            steps = max(100, int(minutes * 60 * probe / config.supernet.batch_size * 0.9))
+            if steps is None:  # a CPU budget: set the step count from a throughput probe
+                probe = _probe_images_per_s(config, runtime)
+                steps = max(100, int(minutes * 60 * probe / config.supernet.batch_size * 0.9))
             config = _load([*overrides, f"supernet.steps={steps}", f"supernet.eval_every={max(50, steps // 4)}"])
         else:  # resuming: keep the step count of the interrupted run
             import yaml
@@ -234,6 +237,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", default="main", help="variant name (results file and run directory)")
     parser.add_argument("--minutes", type=float, default=60.0, help="supernet training budget")
+    parser.add_argument("--steps", type=int, default=None, help="fixed supernet steps (overrides --minutes; equal-step ablations)")
     parser.add_argument("--num-archs", type=int, default=200, help="architectures ranked")
     parser.add_argument("--reuse", default=None, help="rescore the supernet of another variant (no training)")
     parser.add_argument("--table", action="store_true", help="only rebuild the ablation table")
@@ -244,7 +248,7 @@ def main() -> int:
             if not path.exists():
                 print(f"missing {path}: this benchmark needs the shared NB201 CSV and CIFAR-10 zip", file=sys.stderr)
                 return 2
-        result = run_variant(args.name, args.minutes, args.num_archs, args.overrides, args.reuse)
+        result = run_variant(args.name, args.minutes, args.num_archs, args.overrides, args.reuse, args.steps)
         print(json.dumps({k: result[k] for k in ("name", "rank", "search", "seconds")}, indent=2))
     print(f"table: {write_table()}")
     return 0

@@ -250,10 +250,23 @@ class SearchConfig:
     """Latency lookup table from `spos latency-table` (needed for a latency constraint)."""
     random_baseline: bool = False
     """Also run random search with the same evaluation budget (written under baseline/)."""
+    final_top_k: int = 0
+    """Re-score the best ``final_top_k`` distinct candidates once the search ends, on the
+    ``final_*`` images, and pick the winner by that score (0: off). Useful when candidates are
+    screened on a small validation sample: the top of a noisy ranking is where the noise
+    decides, and k more evaluations on a large sample settle it."""
+    final_recalibrate_images: int | None = None
+    """Recalibration images of the final re-scoring (None: ``recalibrate_images``)."""
+    final_val_images: int | None = None
+    """Validation images of the final re-scoring (None: the whole held-out split)."""
 
     def validate(self, prefix: str) -> None:
         for name in ("population_size", "generations", "top_k", "recalibrate_images", "batch_size"):
             _check(getattr(self, name) >= 1, f"{prefix}.{name}", "must be at least 1")
+        _check(self.final_top_k >= 0, f"{prefix}.final_top_k", "must be >= 0 (0 turns the final re-scoring off)")
+        for name in ("final_recalibrate_images", "final_val_images", "val_images"):
+            value = getattr(self, name)
+            _check(value is None or value >= 1, f"{prefix}.{name}", "must be at least 1 (or null)")
         _check(self.top_k <= self.population_size, f"{prefix}.top_k", "must be <= population_size")
         _check(0 <= self.mutation_prob <= 1, f"{prefix}.mutation_prob", "must be in [0, 1]")
         for i, c in enumerate(self.constraints):

@@ -107,3 +107,32 @@ def test_search_refuses_a_supernet_of_another_space(trained, tmp_path):
 def test_missing_supernet_is_a_clear_error(tmp_path):
     result = run_cli("search", "--config", str(SMOKE), "--out", str(tmp_path / "none"))
     assert result.returncode == 2 and "supernet.ckpt" in result.stderr and "does not exist" in result.stderr
+
+
+def test_final_rescoring_picks_the_best_of_the_top_k_on_the_larger_sample(trained, searched, tmp_path):
+    """search.final_top_k: screen on 64 validation images, settle the top 4 on all 128."""
+    reference, reference_summary = searched
+    run_dir = _copy_supernet(trained, tmp_path / "final")
+    overrides = [*SEARCH, "search.final_top_k=4", "search.final_recalibrate_images=128"]
+    config = load_config(SMOKE, overrides)
+    runtime = Runtime.from_env("cpu", threads=2)
+    summary = search.run(config, run_dir, runtime=runtime)
+
+    # Screening is untouched: the same candidates with the same scores.
+    assert (run_dir / "history.jsonl").read_text() == (reference / "history.jsonl").read_text()
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    top4 = sorted(history, key=lambda r: -r["score"])[:4]
+    finalists = summary["finalists"]
+    payload = train_supernet.load_checkpoint(run_dir / "supernet.ckpt", kind="supernet", map_location="cpu")
+    session = train_supernet.open_for_scoring(config, payload, run_dir / "supernet.ckpt", runtime)
+    assert sorted(f["arch"] for f in finalists) == sorted(session.space.arch(r["arch"]).short() for r in top4)
+
+    # Each final score is what a scorer with the final budgets gives, and the winner has the best.
+    fine = session.scorer_with(recalibrate_images=128, val_images=None)
+    for finalist in finalists:
+        assert fine.score(session.space.arch(finalist["arch"].split(","))) == pytest.approx(finalist["final_score"])
+    assert [f["final_score"] for f in finalists] == sorted((f["final_score"] for f in finalists), reverse=True)
+    assert summary["best_arch"] == finalists[0]["arch"] and summary["best_score"] == finalists[0]["final_score"]
+    saved = json.loads((run_dir / "arch.json").read_text())
+    assert saved["score"] == finalists[0]["final_score"]
+    assert reference_summary["best_score"] == top4[0]["score"]

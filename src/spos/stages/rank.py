@@ -73,7 +73,8 @@ def run(
     run_dir = Path(run_dir)
     checkpoint_path = Path(supernet_path) if supernet_path else run_dir / CHECKPOINT_NAME
     payload = load_checkpoint(checkpoint_path, kind="supernet", map_location="cpu")
-    space, _, fingerprint, scorer = open_for_scoring(config, payload, checkpoint_path, runtime)
+    session = open_for_scoring(config, payload, checkpoint_path, runtime)
+    space, fingerprint, scorer = session.space, session.fingerprint, session.scorer
     truth = GroundTruth.load(ground_truth, space, column)
     indices = truth.sample(num_archs, make_rng(config.seed, "rank-archs"))
     archs = [truth.archs[i] for i in indices]

@@ -52,6 +52,7 @@ def _search_one(
     score_many,
     costs_of,
     is_feasible,
+    final_score_many,
     out_dir: Path,
     fingerprint: str,
     runtime: Runtime,
@@ -105,6 +106,9 @@ def _search_one(
     bar.close()
 
     best_arch, best_score = strategy.best
+    finalists = None
+    if final_score_many is not None:
+        best_arch, best_score, finalists = _final_pick(strategy.history, space, cfg.final_top_k, final_score_many)
     history = []
     for record in strategy.history:
         arch = space.arch(record["arch"])
@@ -122,12 +126,39 @@ def _search_one(
         "generations": strategy.generation,
         "seconds": round(clock(), 2),
     }
+    if finalists is not None:
+        summary["finalists"] = finalists
     if runtime.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         best_arch.save(out_dir / "arch.json", score=best_score, costs=costs_of(best_arch), strategy=name)
         _write_history(out_dir / "history.jsonl", history)
         write_json(out_dir / "pareto.json", {"x": x_metric, "y": "score", "front": [history[i] for i in front]})
     return summary
+
+
+def _final_pick(
+    history: list[dict[str, Any]], space, k: int, final_score_many
+) -> tuple[Arch, float, list[dict[str, Any]]]:
+    """Re-score the ``k`` best distinct candidates of ``history``; return the winner by that score.
+
+    Ties go to the better screening score. Returns ``(arch, final_score, finalists)`` where
+    ``finalists`` lists every re-scored candidate with both scores, best final score first.
+    """
+    seen: dict[str, tuple[Arch, float]] = {}
+    for record in sorted(history, key=lambda r: -r["score"]):
+        arch = space.arch(record["arch"])
+        if arch.key not in seen:
+            seen[arch.key] = (arch, record["score"])
+        if len(seen) == k:
+            break
+    candidates = list(seen.values())
+    finals = final_score_many([arch for arch, _ in candidates])
+    order = sorted(range(len(candidates)), key=lambda i: (-finals[i], i))
+    finalists = [
+        {"arch": candidates[i][0].short(), "screen_score": candidates[i][1], "final_score": finals[i]} for i in order
+    ]
+    winner = order[0]
+    return candidates[winner][0], finals[winner], finalists
 
 
 def run(
@@ -144,7 +175,8 @@ def run(
     checkpoint_path = Path(supernet_path) if supernet_path else run_dir / CHECKPOINT_NAME
     payload = load_checkpoint(checkpoint_path, kind="supernet", map_location="cpu")
     start_run(config, run_dir, runtime)
-    space, _, fingerprint, scorer = open_for_scoring(config, payload, checkpoint_path, runtime)
+    session = open_for_scoring(config, payload, checkpoint_path, runtime)
+    space, fingerprint, scorer = session.space, session.fingerprint, session.scorer
 
     costs = CostModel.from_space(space)
     constraints = build_constraints(
@@ -159,12 +191,25 @@ def run(
     def costs_of(arch: Arch) -> dict[str, float]:
         return constraints.costs(arch)
 
+    final_score_many = None
+    if cfg.final_top_k > 0:
+        final_scorer = session.scorer_with(
+            recalibrate_images=cfg.final_recalibrate_images or cfg.recalibrate_images,
+            val_images=cfg.final_val_images,
+        )
+        final_cache: dict[str, float] = {}  # the strategy and its baseline often share finalists
+
+        def final_score_many(archs: list[Arch]) -> list[float]:
+            final_cache.update(score_sharded([a for a in archs if a.key not in final_cache], final_scorer.score, runtime))
+            return [final_cache[arch.key] for arch in archs]
+
     common = dict(
         config=config,
         space=space,
         score_many=score_many,
         costs_of=costs_of,
         is_feasible=constraints.is_feasible,
+        final_score_many=final_score_many,
         fingerprint=fingerprint,
         runtime=runtime,
         progress=progress,

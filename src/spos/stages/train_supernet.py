@@ -14,6 +14,7 @@ section of ``summary.json``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,7 +54,7 @@ from spos.stages.common import (
 from spos.stats import rank_correlations
 from spos.supernet import Supernet, build_supernet
 
-__all__ = ["run", "CHECKPOINT_NAME", "build_panel", "build_scorer", "open_for_scoring"]
+__all__ = ["run", "CHECKPOINT_NAME", "ScoringSession", "build_panel", "build_scorer", "open_for_scoring"]
 
 log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "supernet.ckpt"
@@ -146,14 +147,49 @@ def build_scorer(
     )
 
 
+@dataclasses.dataclass
+class ScoringSession:
+    """A trained supernet made ready to score paths as search does (see :func:`open_for_scoring`).
+
+    ``scorer`` uses the ``search`` section's recalibration/validation images and score metric;
+    :meth:`scorer_with` builds another one on the same supernet and data with other budgets
+    (the final re-scoring of search's top candidates).
+    """
+
+    space: SearchSpace
+    supernet: Supernet
+    fingerprint: str
+    config: RunConfig
+    data: PreparedData
+    runtime: Runtime
+
+    @functools.cached_property
+    def scorer(self) -> ArchScorer:
+        cfg = self.config.search
+        return self.scorer_with(recalibrate_images=cfg.recalibrate_images, val_images=cfg.val_images)
+
+    def scorer_with(self, *, recalibrate_images: int, val_images: int | None) -> ArchScorer:
+        return build_scorer(
+            self.supernet,
+            self.data,
+            self.runtime,
+            seed=self.config.seed,
+            recalibrate_images=recalibrate_images,
+            val_images=val_images,
+            batch_size=self.config.search.batch_size,
+            channels_last=self.config.supernet.channels_last,
+            metric=self.config.search.score,
+        )
+
+
 def open_for_scoring(
     config: RunConfig, payload: dict[str, Any], checkpoint_path: Path, runtime: Runtime
-) -> tuple[SearchSpace, Supernet, str, ArchScorer]:
+) -> ScoringSession:
     """A trained supernet checkpoint made ready to score paths as search does.
 
-    Returns ``(space, supernet, weights_sha256, scorer)``: the space (checked against the
-    checkpoint), the supernet in eval mode on the device, the hash of its weights, and a
-    scorer with the ``search`` section's recalibration/validation images and score metric.
+    The space is checked against the checkpoint, the supernet is in eval mode on the device,
+    ``fingerprint`` is the hash of its weights, and ``scorer`` uses the ``search`` section's
+    recalibration/validation images and score metric.
     """
     data = prepare_data(config)
     space = check_space(payload, build_space(config, data), path=checkpoint_path)
@@ -164,19 +200,7 @@ def open_for_scoring(
     if config.supernet.channels_last:
         supernet = supernet.to(memory_format=torch.channels_last)
     supernet.eval()
-    cfg = config.search
-    scorer = build_scorer(
-        supernet,
-        data,
-        runtime,
-        seed=config.seed,
-        recalibrate_images=cfg.recalibrate_images,
-        val_images=cfg.val_images,
-        batch_size=cfg.batch_size,
-        channels_last=config.supernet.channels_last,
-        metric=cfg.score,
-    )
-    return space, supernet, fingerprint, scorer
+    return ScoringSession(space, supernet, fingerprint, config, data, runtime)
 
 
 def run(
