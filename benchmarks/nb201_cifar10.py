@@ -104,8 +104,10 @@ def run_variant(
     if reuse:
         source = ROOT / "runs" / "bench" / "nb201" / reuse
         run_dir.mkdir(parents=True, exist_ok=True)
-        for item in ("supernet.ckpt", "metrics.jsonl", "summary.json"):
+        # rank/scores.jsonl: the source's scores are reused only where the scoring settings match
+        for item in ("supernet.ckpt", "metrics.jsonl", "summary.json", "rank/scores.jsonl"):
             if (source / item).exists() and not (run_dir / item).exists():
+                (run_dir / item).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(source / item, run_dir / item)
         supernet_summary = json.loads((source / "summary.json").read_text())["supernet"]
     else:

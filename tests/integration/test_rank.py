@@ -63,5 +63,11 @@ def test_rank_reports_correlations_that_match_its_own_scores(tmp_path):
     assert cache.read_text().count("\n") == lines
     assert json.loads((run_dir / "rank" / "rank.json").read_text())["points"] == report["points"]
 
+    # Scored another way (fewer validation images), nothing comes from the cache.
+    other = run_cli(*args, "threads=1", "search.val_images=16")
+    assert other.returncode == 0, other.stderr[-2000:]
+    assert cache.read_text().count("\n") == lines + 12
+    assert json.loads((run_dir / "rank" / "rank.json").read_text())["val_images"] == 16
+
     bad = run_cli(*args[:-4], "--column", "top1", "--num-archs", "12")
     assert bad.returncode == 2 and "no column 'top1'" in bad.stderr and "Traceback" not in bad.stderr

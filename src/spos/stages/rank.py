@@ -43,7 +43,8 @@ __all__ = ["run"]
 log = logging.getLogger(__name__)
 
 
-def _read_cache(path: Path, fingerprint: str) -> dict[str, float]:
+def _read_cache(path: Path, fingerprint: str, settings: dict[str, Any]) -> dict[str, float]:
+    """Scores cached for these weights *and* these scoring settings (other lines are ignored)."""
     cache: dict[str, float] = {}
     if not path.exists():
         return cache
@@ -52,7 +53,7 @@ def _read_cache(path: Path, fingerprint: str) -> dict[str, float]:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut by a kill: rescore that arch
-        if record.get("supernet") == fingerprint:
+        if record.get("supernet") == fingerprint and record.get("settings") == settings:
             cache[str(record["key"])] = float(record["score"])
     return cache
 
@@ -84,7 +85,15 @@ def run(
     if runtime.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
     cache_path = out_dir / "scores.jsonl"
-    cache = _read_cache(cache_path, fingerprint) if runtime.is_main else {}
+    # A score depends on the weights and on how it is measured: both key the cache.
+    settings = {
+        "score": cfg.score,
+        "recalibrate_images": cfg.recalibrate_images,
+        "val_images": cfg.val_images,
+        "batch_size": cfg.batch_size,
+        "seed": config.seed,
+    }
+    cache = _read_cache(cache_path, fingerprint, settings) if runtime.is_main else {}
     cache = runtime.broadcast_object(cache)
     todo = [arch for arch in archs if arch.key not in cache]
     bar = (
@@ -96,7 +105,7 @@ def run(
 
     def record(arch: Arch, value: float) -> None:
         if handle is not None:
-            handle.write(json.dumps({"key": arch.key, "score": value, "supernet": fingerprint}) + "\n")
+            handle.write(json.dumps({"key": arch.key, "score": value, "supernet": fingerprint, "settings": settings}) + "\n")
             handle.flush()
         bar.update(1)
 
