@@ -140,6 +140,10 @@ def run_variant(
             "evaluations": summary.get("evaluations"),
             "true_acc": value,
             "true_percentile": truth.percentile(value) if value is not None else None,
+            "finalists": [  # search.final_top_k: the re-scored candidates, best final score first
+                {**f, "true_acc": truth.lookup([space.validate(space.arch(f["arch"].split(",")))])[0]}
+                for f in summary.get("finalists", [])
+            ],
         }
 
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
