@@ -3,7 +3,8 @@
 What this module owns: the quantiser (:class:`LsqQuantizer`), the quantised convolution layer
 shared by supernets and child networks (:class:`QuantConvBN`), the per-layer bit-width choice
 format (``"w4a8"``, :func:`bits_option` / :func:`parse_bits`) and the supernet layer that holds
-one shared weight with a quantiser per bit width (:class:`QuantConvChoices`).
+one shared weight with a quantiser per bit width (:class:`QuantConvChoices`), optionally
+width-sliced (:class:`SlicedQuantConvBN`) when bit widths are combined with channel choices.
 
 Method: LSQ, *Learned Step Size Quantization* (Esser et al., ICLR 2020). A tensor ``v`` is
 quantised at ``b`` bits as ``round(clamp(v / s, -Q_N, Q_P)) * s`` with a learned step ``s``;
@@ -29,6 +30,14 @@ and gradient scaling; in eval mode, or under ``torch.no_grad()``, it is a plain
 ``div -> clamp -> round -> mul`` graph of float ops, which is what ONNX and ``torch.export``
 record (ONNX ``Div``, ``Clip``, ``Round``, ``Mul``; ONNX ``Round`` and ``torch.round`` both
 round half to even).
+
+Width slicing (bit widths combined with channel choices, SPEC section 2): a sliced
+:class:`QuantConvChoices` holds its weight at the largest width and a path uses the prefix
+``W[:out, :in]`` (``in`` the width of its input, ``out`` asked by the caller), as
+:mod:`spos.slim` does for float layers. The weight quantiser sees only that prefix, so its
+step initialisation and gradient scale are those of a standalone layer of the chosen width
+(:meth:`SlicedQuantConvBN.plain`); the steps stay shared by all widths of a bit width, and
+each option's BN normalises the prefix of its statistics.
 """
 
 from __future__ import annotations
@@ -40,13 +49,15 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from spos.errors import ConfigError
+from spos.errors import ArchError, ConfigError
+from spos.slim import SlicedBatchNorm2d, copy_prefix
 
 __all__ = [
     "FULL_PRECISION_BITS",
     "LsqQuantizer",
     "QuantConvBN",
     "QuantConvChoices",
+    "SlicedQuantConvBN",
     "bits_option",
     "lsq_quantize",
     "parse_bits",
@@ -246,15 +257,65 @@ class QuantConvBN(nn.Module):
         return self.bn(out)
 
 
+class SlicedQuantConvBN(QuantConvBN):
+    """Supernet path view of a width-sliced :class:`QuantConvChoices` (one bit-width option).
+
+    ``forward(x, out_channels)`` convolves with the prefix ``W[:out_channels, :x.shape[1]]`` of
+    the max-width weight, quantised on its own, and normalises with the prefix of the BN
+    statistics (a :class:`spos.slim.SlicedBatchNorm2d`). :meth:`plain` is the standalone
+    :class:`QuantConvBN` of one width that computes the same function.
+    """
+
+    def forward(self, x: Tensor, out_channels: int | None = None) -> Tensor:  # type: ignore[override]
+        """``bn(conv(q_a(x), q_w(W[:out, :in])))``; ``out_channels=None``: every output."""
+        conv = self.conv
+        width = x.shape[1]
+        out = conv.out_channels if out_channels is None else int(out_channels)
+        if not (1 <= width <= conv.in_channels and 1 <= out <= conv.out_channels):
+            raise ArchError(
+                f"sliced quantised conv holds {conv.in_channels} -> {conv.out_channels} channels; "
+                f"asked for {width} -> {out}"
+            )
+        weight = self.weight_quantizer(conv.weight[:out, :width])
+        out_tensor = F.conv2d(
+            self.activation_quantizer(x), weight, None, conv.stride, conv.padding, conv.dilation, conv.groups
+        )
+        return self.bn(out_tensor)
+
+    def plain(self, in_channels: int, out_channels: int) -> QuantConvBN:
+        """A standalone layer of these widths holding copies of the prefix weight, the steps
+        and the prefix of the BN statistics (non-affine BN, as the supernet's).
+
+        Raises:
+            ArchError: If a width exceeds the one this layer holds.
+        """
+        conv = self.conv
+        with torch.device(conv.weight.device):
+            layer = QuantConvBN.build(
+                in_channels,
+                out_channels,
+                conv.kernel_size[0],
+                stride=conv.stride[0],
+                weight_bits=self.weight_bits,
+                activation_bits=self.activation_bits,
+                affine=False,
+            )
+        copy_prefix(layer, self)
+        return layer
+
+
 class QuantConvChoices(nn.Module):
     """Supernet layer: one shared convolution weight, a quantiser per bit width, a BN per option.
 
     Args:
-        in_channels: Input channels.
-        out_channels: Output channels.
+        in_channels: Input channels (the largest width, when ``sliced``).
+        out_channels: Output channels (the largest width, when ``sliced``).
         kernel_size: Square kernel size (``padding = kernel_size // 2``).
         stride: Convolution stride.
         options: The layer's options, e.g. ``("w2a2", "w2a4", ...)`` (see :func:`bits_option`).
+        sliced: Width-sliceable: paths are :class:`SlicedQuantConvBN` views, taking any
+            prefix of the input and output channels, and the BNs are
+            :class:`spos.slim.SlicedBatchNorm2d` (same state-dict keys and shapes).
 
     Attributes:
         conv: The shared convolution (weight only).
@@ -271,8 +332,12 @@ class QuantConvChoices(nn.Module):
         *,
         stride: int,
         options: tuple[str, ...],
+        sliced: bool = False,
     ) -> None:
         super().__init__()
+        self.sliced = bool(sliced)
+        norm = SlicedBatchNorm2d if self.sliced else nn.BatchNorm2d
+        view = SlicedQuantConvBN if self.sliced else QuantConvBN
         pairs = {str(option): parse_bits(option) for option in options}
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False)
         self.weight_quantizers = nn.ModuleDict(
@@ -281,11 +346,11 @@ class QuantConvChoices(nn.Module):
         self.activation_quantizers = nn.ModuleDict(
             {str(a): LsqQuantizer(a, signed=False, per_sample=True) for a in sorted({a for _, a in pairs.values()})}
         )
-        self.bns = nn.ModuleDict({option: nn.BatchNorm2d(out_channels, affine=False) for option in pairs})
+        self.bns = nn.ModuleDict({option: norm(out_channels, affine=False) for option in pairs})
         # Path views share this layer's modules; a plain dict, so they are not registered
         # twice (state_dict, .to() and parameters() see each module once, through this layer).
         self._paths: dict[str, QuantConvBN] = {
-            option: QuantConvBN(
+            option: view(
                 self.activation_quantizers[str(a)], self.conv, self.weight_quantizers[str(w)], self.bns[option]
             )
             for option, (w, a) in pairs.items()
@@ -299,5 +364,9 @@ class QuantConvChoices(nn.Module):
         """
         return self._paths[option]
 
-    def forward(self, x: Tensor, option: str) -> Tensor:
-        return self._paths[option](x)
+    def forward(self, x: Tensor, option: str, out_channels: int | None = None) -> Tensor:
+        if out_channels is None:
+            return self._paths[option](x)
+        if not self.sliced:
+            raise ArchError("this quantised layer is not width-sliced; it has no out_channels choice")
+        return self._paths[option](x, out_channels)

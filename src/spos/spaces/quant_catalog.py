@@ -1,13 +1,21 @@
 """Torch-free definitions of the mixed-precision ResNet spaces (SPEC section 2).
 
 ``resnet18_quant`` and ``resnet34_quant`` (ImageNet, 224x224) and ``resnet20_quant_cifar``
-(32x32 or 28x28): every conv but the stem picks weight and activation bit widths. The model
-builders are in :mod:`spos.spaces.resnet_quant`, the quantiser in :mod:`spos.quant`. Imported
-by :mod:`spos.spaces.catalog`, so the spaces are registered with the built-in ones.
+(32x32 or 28x28): every conv but the stem picks weight and activation bit widths. Bit widths
+combined with channel choices (SPEC: "combined with channel choices"): a layout with
+``width_scales`` adds one width choice per basic block, ``width_s{stage}b{block}``, the scale
+of the block's middle width (conv1's outputs, conv2's inputs). ``resnet18_quant_channel``,
+``resnet34_quant_channel`` and ``resnet20_quant_channel_cifar`` are those spaces, with
+:data:`QUANT_WIDTH_SCALES` by default (``space.layout.width_scales=[...]`` replaces them), as
+``shufflenet_channel_*`` extend ``shufflenet_*``; the three plain spaces keep their layout,
+so their architectures, checkpoints and cost tables are unchanged. The model builders are in
+:mod:`spos.spaces.resnet_quant`, the quantiser in :mod:`spos.quant`. Imported by
+:mod:`spos.spaces.catalog`, so the spaces are registered with the built-in ones.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from spos.errors import ConfigError
@@ -15,15 +23,50 @@ from spos.space import Choice, SearchSpace, register_space
 
 __all__ = [
     "QUANT_BITS",
+    "QUANT_WIDTH_SCALES",
     "resnet18_quant",
+    "resnet18_quant_channel",
     "resnet20_quant_cifar",
+    "resnet20_quant_channel_cifar",
     "resnet34_quant",
+    "resnet34_quant_channel",
     "resnet_quant_space",
+    "scaled_width",
 ]
 
 
 #: Default candidate bit widths of every quantised conv (weights and activations).
 QUANT_BITS = (2, 3, 4, 8)
+
+#: Default middle-width scales of the ``*_quant_channel*`` spaces (1.0: the plain ResNet).
+QUANT_WIDTH_SCALES = (0.5, 0.75, 1.0)
+
+
+def scaled_width(channels: int, scale: float) -> int:
+    """Middle width of a basic block with ``channels`` outputs at ``scale``.
+
+    The ShuffleNetV2 channel search's rule (:func:`spos.spaces.channel_catalog.scaled_mid_channels`:
+    truncation of the float product, as the official code writes it) applied to the block's
+    full width instead of half of it, and at least one channel.
+    """
+    return max(1, int(int(channels) * float(scale)))
+
+
+def _width_scales(name: str, value: Any) -> list[float]:
+    if (
+        not isinstance(value, Sequence)
+        or isinstance(value, str)
+        or not value
+        or any(isinstance(s, bool) or not isinstance(s, (int, float)) or s <= 0 for s in value)
+    ):
+        raise ConfigError(
+            f"space {name!r}: layout 'width_scales' must be a non-empty list of positive numbers "
+            f"(e.g. [0.5, 0.75, 1.0]), got {value!r}"
+        )
+    scales = [float(s) for s in value]
+    if len(set(scales)) != len(scales):
+        raise ConfigError(f"space {name!r}: layout 'width_scales' repeats a scale: {scales}")
+    return scales
 
 
 def _bit_list(name: str, key: str, value: Any, *, least: int) -> list[int]:
@@ -53,10 +96,19 @@ def resnet_quant_space(name: str, *, version: int = 1, **layout: Any) -> SearchS
     and the architecture reads as one value per layer. The stem conv and the classifier stay
     full precision.
 
+    With ``width_scales`` in the layout (e.g. ``[0.5, 0.75, 1.0]``) every basic block also
+    chooses its middle width, ``width_{stage}{block}`` (e.g. ``width_s2b0``): conv1 produces
+    :func:`scaled_width` ``(out_channels, scale)`` channels and conv2 reads them; the block's
+    output and its projection shortcut keep their width. These choices come after every
+    bit-width choice, so an architecture's bit widths read as in the space without widths; the
+    ``width_`` prefix is the one :class:`spos.sampling.ChoiceSchedule` warms up by default
+    (full width first, ``supernet.choice_warmup_steps``). Without ``width_scales`` (or with
+    ``None``) the space is the plain mixed-precision one, layout included.
+
     Layout keys: ``input_size``, ``in_channels``, ``num_classes``, ``stem_channels``,
     ``stem_kernel``, ``stem_stride``, ``stem_pool`` (3x3 stride-2 max-pool after the stem),
     ``stage_repeats``, ``stage_channels``, ``stage_strides``, ``weight_bits``,
-    ``activation_bits``.
+    ``activation_bits``; optional ``width_scales``.
     """
     required = (
         "input_size", "in_channels", "num_classes", "stem_channels", "stem_kernel", "stem_stride",
@@ -82,16 +134,25 @@ def resnet_quant_space(name: str, *, version: int = 1, **layout: Any) -> SearchS
     activation_bits = _bit_list(name, "activation_bits", layout["activation_bits"], least=1)
     options = tuple(f"w{w}a{a}" for w in weight_bits for a in activation_bits)
     labels = []
+    width_labels = []
     in_channels = int(layout["stem_channels"])
     for stage, (repeat, out_channels, stride) in enumerate(zip(repeats, channels, strides, strict=True)):
         for block in range(repeat):
             prefix = f"s{stage + 1}b{block}"
             labels += [f"{prefix}_conv1", f"{prefix}_conv2"]
+            width_labels.append(f"width_{prefix}")
             if (stride if block == 0 else 1) != 1 or in_channels != out_channels:
                 labels.append(f"{prefix}_down")
             in_channels = out_channels
     layout = {**layout, "weight_bits": weight_bits, "activation_bits": activation_bits}
-    return SearchSpace(name, version, "resnet_quant", tuple(Choice(label, options) for label in labels), layout)
+    choices = [Choice(label, options) for label in labels]
+    if layout.get("width_scales") is None:
+        layout.pop("width_scales", None)  # absent: the plain space, its layout unchanged
+    else:
+        scales = _width_scales(name, layout["width_scales"])
+        layout["width_scales"] = scales
+        choices += [Choice(label, tuple(scales)) for label in width_labels]
+    return SearchSpace(name, version, "resnet_quant", tuple(choices), layout)
 
 
 _RESNET_IMAGENET = dict(
@@ -123,6 +184,36 @@ def resnet34_quant(**layout: Any) -> SearchSpace:
     return resnet_quant_space("resnet34_quant", **{**defaults, **layout})
 
 
+@register_space("resnet18_quant_channel")
+def resnet18_quant_channel(**layout: Any) -> SearchSpace:
+    """``resnet18_quant`` with a middle-width choice per block (8 blocks x 3 scales)."""
+    defaults = {**_RESNET_IMAGENET, "stage_repeats": [2, 2, 2, 2], "width_scales": list(QUANT_WIDTH_SCALES)}
+    return resnet_quant_space("resnet18_quant_channel", **{**defaults, **layout})
+
+
+@register_space("resnet34_quant_channel")
+def resnet34_quant_channel(**layout: Any) -> SearchSpace:
+    """``resnet34_quant`` with a middle-width choice per block (16 blocks x 3 scales)."""
+    defaults = {**_RESNET_IMAGENET, "stage_repeats": [3, 4, 6, 3], "width_scales": list(QUANT_WIDTH_SCALES)}
+    return resnet_quant_space("resnet34_quant_channel", **{**defaults, **layout})
+
+
+_RESNET_CIFAR = dict(
+    input_size=32,
+    in_channels=3,
+    num_classes=10,
+    stem_channels=16,
+    stem_kernel=3,
+    stem_stride=1,
+    stem_pool=False,
+    stage_repeats=[3, 3, 3],
+    stage_channels=[16, 32, 64],
+    stage_strides=[1, 2, 2],
+    weight_bits=list(QUANT_BITS),
+    activation_bits=list(QUANT_BITS),
+)
+
+
 @register_space("resnet20_quant_cifar")
 def resnet20_quant_cifar(**layout: Any) -> SearchSpace:
     """CIFAR ResNet-20 (32x32; 28x28 works) mixed-precision space: 20 quantised convs.
@@ -131,18 +222,11 @@ def resnet20_quant_cifar(**layout: Any) -> SearchSpace:
     with 1x1 projection shortcuts (option B) where the shape changes, so those two
     projections are searchable layers too. ``stage_repeats=[1, 1, 1]`` gives a ResNet-8.
     """
-    defaults = dict(
-        input_size=32,
-        in_channels=3,
-        num_classes=10,
-        stem_channels=16,
-        stem_kernel=3,
-        stem_stride=1,
-        stem_pool=False,
-        stage_repeats=[3, 3, 3],
-        stage_channels=[16, 32, 64],
-        stage_strides=[1, 2, 2],
-        weight_bits=list(QUANT_BITS),
-        activation_bits=list(QUANT_BITS),
-    )
-    return resnet_quant_space("resnet20_quant_cifar", **{**defaults, **layout})
+    return resnet_quant_space("resnet20_quant_cifar", **{**_RESNET_CIFAR, **layout})
+
+
+@register_space("resnet20_quant_channel_cifar")
+def resnet20_quant_channel_cifar(**layout: Any) -> SearchSpace:
+    """``resnet20_quant_cifar`` with a middle-width choice per block (9 blocks x 3 scales)."""
+    defaults = {**_RESNET_CIFAR, "width_scales": list(QUANT_WIDTH_SCALES)}
+    return resnet_quant_space("resnet20_quant_channel_cifar", **{**defaults, **layout})

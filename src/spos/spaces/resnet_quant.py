@@ -13,6 +13,17 @@ one convolution weight shared by all bit widths, an LSQ step size per weight and
 activation bit width, a non-affine BN per option; stem and head BN are non-affine too. The
 child of one architecture (SPEC section 5) is the same network with fixed bit widths and
 affine BN; retraining it is quantisation-aware training of the found configuration.
+
+Bit widths combined with channel choices (a layout with ``width_scales``): each block's
+``width_s{stage}b{block}`` choice sets its middle width ``scaled_width(out_channels, scale)``,
+the output width of conv1 and the input width of conv2. The supernet allocates both at the
+largest scale and slices a prefix of the weight and of the BN statistics per path
+(:class:`spos.quant.SlicedQuantConvBN`, the once-for-all scheme of :mod:`spos.slim`); the child
+is built at the chosen widths and :meth:`ResNetQuantSupernet.standalone_path` copies the prefix
+into plain layers of those widths, so cost tables count the child's shapes and
+:func:`spos.childnet.inherit_weights` gives ``child(x) == supernet(x, arch)`` in eval mode.
+Costs of conv1 and conv2 read both their bit widths and the block's width
+(:meth:`ResNetQuantSupernet.layer_choices`).
 """
 
 from __future__ import annotations
@@ -25,8 +36,9 @@ from torch import Tensor, nn
 from spos.arch import Arch
 from spos.errors import ArchError, ConfigError
 from spos.ops import GlobalAvgPool
-from spos.quant import QuantConvBN, QuantConvChoices, parse_bits
+from spos.quant import QuantConvBN, QuantConvChoices, SlicedQuantConvBN, parse_bits
 from spos.space import SearchSpace
+from spos.spaces.quant_catalog import scaled_width
 from spos.supernet import Supernet, register_family
 
 __all__ = ["ResNetQuantChild", "ResNetQuantSupernet", "block_plan"]
@@ -35,10 +47,14 @@ __all__ = ["ResNetQuantChild", "ResNetQuantSupernet", "block_plan"]
 def block_plan(space: SearchSpace) -> list[dict[str, Any]]:
     """Every basic block: ``in_channels``, ``out_channels``, ``stride`` and its choice labels.
 
+    With ``width_scales`` in the layout a block also has ``width`` (its width choice's label)
+    and ``widths`` (``{scale: middle width}``); both are ``None`` otherwise.
+
     Raises:
         ConfigError: If the layout does not produce the space's choices.
     """
     layout = space.layout
+    scales = layout.get("width_scales")
     plan = []
     in_channels = int(layout["stem_channels"])
     repeats, channels, strides = layout["stage_repeats"], layout["stage_channels"], layout["stage_strides"]
@@ -55,10 +71,17 @@ def block_plan(space: SearchSpace) -> list[dict[str, Any]]:
                     "conv1": f"{prefix}_conv1",
                     "conv2": f"{prefix}_conv2",
                     "down": f"{prefix}_down" if down else None,
+                    "width": f"width_{prefix}" if scales is not None else None,
+                    "widths": (
+                        {float(s): scaled_width(int(out_channels), float(s)) for s in scales}
+                        if scales is not None
+                        else None
+                    ),
                 }
             )
             in_channels = int(out_channels)
     labels = [block[key] for block in plan for key in ("conv1", "conv2", "down") if block[key]]
+    labels += [block["width"] for block in plan if block["width"]]
     if tuple(labels) != space.labels:
         raise ConfigError(
             f"space {space.name!r}: its layout gives layers {labels[:4]}... but the space has "
@@ -104,12 +127,18 @@ class _SupernetBlock(nn.Module):
     def __init__(self, block: Mapping[str, Any], options: Mapping[str, tuple[str, ...]]) -> None:
         super().__init__()
         i, o, s = block["in_channels"], block["out_channels"], block["stride"]
-        self.conv1 = QuantConvChoices(i, o, 3, stride=s, options=options[block["conv1"]])
-        self.conv2 = QuantConvChoices(o, o, 3, stride=1, options=options[block["conv2"]])
+        widths = block["widths"]
+        sliced = widths is not None
+        mid = max(widths.values()) if sliced else o  # may exceed o: scales above 1.0
+        self.conv1 = QuantConvChoices(i, mid, 3, stride=s, options=options[block["conv1"]], sliced=sliced)
+        self.conv2 = QuantConvChoices(mid, o, 3, stride=1, options=options[block["conv2"]], sliced=sliced)
         self.down = (
             QuantConvChoices(i, o, 1, stride=s, options=options[block["down"]]) if block["down"] else None
         )
         self.labels = (block["conv1"], block["conv2"], block["down"])
+        self.in_channels, self.out_channels = i, o
+        self.width_label: str | None = block["width"]
+        self.widths: dict[float, int] | None = widths
 
 
 class ResNetQuantSupernet(Supernet):
@@ -122,8 +151,10 @@ class ResNetQuantSupernet(Supernet):
     def __init__(self, space: SearchSpace) -> None:
         super().__init__(space)
         plan = block_plan(space)
-        options = {c.label: tuple(str(o) for o in c.options) for c in space.choices}
-        for choice in space.choices:
+        widths = {block["width"] for block in plan if block["width"]}
+        bit_choices = [c for c in space.choices if c.label not in widths]
+        options = {c.label: tuple(str(o) for o in c.options) for c in bit_choices}
+        for choice in bit_choices:
             for option in choice.options:
                 parse_bits(str(option))
         self.stem = _build_stem(space.layout, affine=False)
@@ -131,6 +162,13 @@ class ResNetQuantSupernet(Supernet):
         self.head = _build_head(space.layout, plan[-1]["out_channels"])
         self.relu = nn.ReLU(inplace=True)
         self._positions = {label: i for i, label in enumerate(space.labels)}
+        # conv1 and conv2 of a block with a width choice compute what their bits and it decide
+        self._width_of = {
+            label: block.width_label
+            for block in self.blocks
+            if block.width_label is not None
+            for label in block.labels[:2]
+        }
         _initialize(self)
 
     def _layer(self, layer: QuantConvChoices, label: str, arch: Arch) -> QuantConvBN:
@@ -140,13 +178,25 @@ class ResNetQuantSupernet(Supernet):
         except KeyError:
             raise ArchError(f"{value!r} is not an option of {label!r}") from None
 
+    def _mid_width(self, block: _SupernetBlock, arch: Arch) -> int | None:
+        """The block's middle width on the path ``arch`` (None: the block has no width choice)."""
+        if block.widths is None:
+            return None
+        value = arch.values[self._positions[block.width_label]][1]
+        try:
+            return block.widths[float(value)]
+        except (KeyError, TypeError, ValueError):
+            raise ArchError(f"{value!r} is not an option of {block.width_label!r}") from None
+
     def forward(self, x: Tensor, arch: Arch) -> Tensor:
         """Run the path ``arch`` on ``x`` (N, C, H, W); return the logits."""
         self.check_arch(arch)
         x = self.stem(x)
         for block in self.blocks:
             conv1, conv2, down = block.labels
-            out = self.relu(self._layer(block.conv1, conv1, arch)(x))
+            mid = self._mid_width(block, arch)
+            layer1 = self._layer(block.conv1, conv1, arch)
+            out = self.relu(layer1(x) if mid is None else layer1(x, mid))
             out = self._layer(block.conv2, conv2, arch)(out)
             shortcut = self._layer(block.down, down, arch)(x) if block.down is not None else x
             x = self.relu(out + shortcut)
@@ -162,21 +212,48 @@ class ResNetQuantSupernet(Supernet):
         modules.append(("head", self.head))
         return modules
 
+    def layer_choices(self, key: str) -> tuple[str, ...]:
+        """conv1 and conv2 of a block with a width choice read their bits and that width."""
+        width = self._width_of.get(key)
+        return (key, width) if width is not None else super().layer_choices(key)
+
+    def standalone_path(self, arch: Arch) -> list[tuple[str, nn.Module]]:
+        """:meth:`path_modules`, with the width-sliced convs as plain layers of the chosen
+        widths holding the prefix weights (what the child network holds)."""
+        if not self._width_of:
+            return self.path_modules(arch)
+        self.check_arch(arch)
+        modules: list[tuple[str, nn.Module]] = [("stem", self.stem)]
+        for block in self.blocks:
+            conv1, conv2, down = block.labels
+            mid = self._mid_width(block, arch)
+            first, second = self._layer(block.conv1, conv1, arch), self._layer(block.conv2, conv2, arch)
+            if mid is not None:
+                assert isinstance(first, SlicedQuantConvBN) and isinstance(second, SlicedQuantConvBN)
+                first = first.plain(block.in_channels, mid)
+                second = second.plain(mid, block.out_channels)
+            modules += [(conv1, first), (conv2, second)]
+            if block.down is not None:
+                modules.append((down, self._layer(block.down, down, arch)))
+        modules.append(("head", self.head))
+        return modules
+
 
 class _ChildBlock(nn.Module):
     def __init__(self, block: Mapping[str, Any], arch: Arch) -> None:
         super().__init__()
         i, o, s = block["in_channels"], block["out_channels"], block["stride"]
+        mid = o if block["widths"] is None else block["widths"][float(arch[block["width"]])]
 
-        def layer(label: str, in_channels: int, kernel: int, stride: int) -> QuantConvBN:
+        def layer(label: str, in_channels: int, out_channels: int, kernel: int, stride: int) -> QuantConvBN:
             w, a = parse_bits(str(arch[label]))
             return QuantConvBN.build(
-                in_channels, o, kernel, stride=stride, weight_bits=w, activation_bits=a, affine=True
+                in_channels, out_channels, kernel, stride=stride, weight_bits=w, activation_bits=a, affine=True
             )
 
-        self.conv1 = layer(block["conv1"], i, 3, s)
-        self.conv2 = layer(block["conv2"], o, 3, 1)
-        self.down = layer(block["down"], i, 1, s) if block["down"] else None
+        self.conv1 = layer(block["conv1"], i, mid, 3, s)
+        self.conv2 = layer(block["conv2"], mid, o, 3, 1)
+        self.down = layer(block["down"], i, o, 1, s) if block["down"] else None
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -185,9 +262,9 @@ class _ChildBlock(nn.Module):
 
 
 class ResNetQuantChild(nn.Module):
-    """The quantised network of one architecture (fixed bit widths, affine BN).
+    """The quantised network of one architecture (fixed bit widths and widths, affine BN).
 
-    Its stateful layers come in the order of ``ResNetQuantSupernet.path_modules(arch)``, so
+    Its stateful layers come in the order of ``ResNetQuantSupernet.standalone_path(arch)``, so
     :func:`spos.childnet.inherit_weights` copies a path (weights, LSQ steps, BN statistics).
 
     Args:
