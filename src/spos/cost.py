@@ -398,8 +398,9 @@ class CostModel:
     def bounds(self, metric: str) -> tuple[Number, Number]:
         """Smallest and largest cost of any architecture of the space in ``metric``.
 
-        Exact when no two layers read the same choice (every built-in space); otherwise an
-        outer bound.
+        Exact when no two layers read the same choice, or when the layers sharing one are all
+        cheapest (dearest) at the same value of it, as in the built-in width spaces where every
+        cost grows with the width; otherwise an outer bound.
         """
         if metric not in self._tables:
             raise ConfigError(

@@ -476,6 +476,16 @@ def measure_latency_table(
     with torch.device("meta"):
         shape_supernet = build_supernet(space).eval()
     supernet = build_supernet(space).eval()
+    multi = sorted(
+        {key for arch in _covering_archs(space) for key, _ in supernet.path_modules(arch) if len(supernet.layer_choices(key)) > 1}
+    )
+    if multi:
+        raise ConfigError(
+            f"space {space.name!r}: layers such as {multi[:3]} depend on several choices at once (a "
+            "block's type or bit widths and its width); a latency table holds one number per "
+            "(layer, option), so it cannot describe this space yet. Constrain flops, params or "
+            "bitops instead"
+        )
     sample = torch.zeros((1, *supernet.input_shape), device="meta")
 
     # Input shape of every path module, keyed by (layer key, option or None for shared parts).

@@ -201,3 +201,11 @@ def test_time_interleaved_returns_one_median_per_call():
     calls = [lambda: sum(range(10)), lambda: sum(range(100_000))]
     fast, slow = time_interleaved(calls, device="cpu", repeats=5, warmup=1)
     assert 0 < fast < slow
+
+
+@pytest.mark.parametrize("name", ["shufflenet_channel_cifar", "resnet20_quant_channel_cifar"])
+def test_spaces_whose_layers_read_several_choices_are_refused_clearly(name):
+    from spos.space import create_space
+
+    with pytest.raises(ConfigError, match="depend on several choices.*Constrain flops, params or bitops"):
+        measure_latency_table(create_space(name), device="cpu", repeats=1, warmup=0, batch_size=1)
