@@ -14,7 +14,8 @@ is the same-budget baseline. Both guarantee that
 
 * candidates are checked with ``is_feasible`` before they are scored, never after;
 * no architecture (by :attr:`spos.arch.Arch.key`) is scored twice: a duplicate proposal is
-  discarded and redrawn;
+  discarded and redrawn. Proposals are first mapped to :meth:`SearchSpace.canonical
+  <spos.space.SearchSpace.canonical>`, so relabelled copies of one network count as duplicates;
 * every redraw loop is capped (``max_tries``), so an infeasible constraint raises
   :class:`~spos.errors.SposError` instead of spinning, and a nearly exhausted space yields a
   smaller generation with a logged warning;
@@ -409,6 +410,9 @@ class _Search(abc.ABC):
         while found < wanted and draws < cap:
             draws += 1
             candidate = make()
+            canonical = self.space.canonical(candidate.arch)
+            if canonical.key != candidate.arch.key:
+                candidate = _Candidate(canonical, candidate.origin, candidate.parents)
             key = candidate.arch.key
             if key in seen:
                 continue

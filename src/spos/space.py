@@ -26,6 +26,7 @@ from spos.errors import ArchError, ConfigError
 
 __all__ = [
     "register_arch_parser",
+    "register_canonical_form",
     "Choice",
     "SearchSpace",
     "make_rng",
@@ -275,6 +276,17 @@ class SearchSpace:
         return self.from_indices(indices)
 
     # ----------------------------------------------------------------- random operators
+    def canonical(self, arch: Arch) -> Arch:
+        """The representative of the architectures that compute the same function as ``arch``.
+
+        Identity unless the family registered a canonical form
+        (:func:`register_canonical_form`; e.g. NAS-Bench-201 cells whose edges feed a node
+        nobody reads). Search scores one representative per function, so its budget is not
+        spent on relabelled copies of one network.
+        """
+        form = _CANONICAL_FORMS.get(self.family)
+        return self.validate(arch) if form is None else self.validate(form(self, self.validate(arch)))
+
     def sample(self, rng: random.Random) -> Arch:
         """One architecture drawn uniformly from the space."""
         return self.arch([rng.choice(c.options) for c in self.choices])
@@ -308,6 +320,20 @@ def register_arch_parser(family: str, parser: ArchParser) -> ArchParser:
     """
     _ARCH_PARSERS[family] = parser
     return parser
+
+
+CanonicalForm = Callable[[SearchSpace, Arch], Arch]
+_CANONICAL_FORMS: dict[str, CanonicalForm] = {}
+
+
+def register_canonical_form(family: str, form: CanonicalForm) -> CanonicalForm:
+    """Teach :meth:`SearchSpace.canonical` which architectures of a family are the same network.
+
+    ``form(space, arch)`` returns the representative of ``arch``'s class; it must compute
+    exactly what ``arch`` computes (in the supernet and in the child network).
+    """
+    _CANONICAL_FORMS[family] = form
+    return form
 
 
 def register_space(name: str) -> Callable[[SpaceFactory], SpaceFactory]:

@@ -140,6 +140,24 @@ def test_no_architecture_is_scored_twice(name):
 
 
 @pytest.mark.parametrize("name", STRATEGY_NAMES)
+def test_relabelled_copies_of_one_network_are_scored_once(name):
+    """NB201 cells differing only on edges into dead nodes are one network: one evaluation."""
+    from spos.space import create_space
+
+    space = create_space("nb201")
+    objective = ToyObjective(space)
+    strategy = make_strategy(name, space, objective, seed=3, population_size=20, generations=5, top_k=5)
+    strategy.run()
+    assert all(space.canonical(arch) == arch for arch in objective.scored)
+    keys = [arch.key for arch in objective.scored]
+    assert len(keys) == len(set(keys)) == 100
+    # Without the canonical form, uniform draws repeat networks: about 22% of cells are copies.
+    rng = make_rng(3, "copies")
+    draws = [space.sample(rng) for _ in range(100)]
+    assert len({space.canonical(a).key for a in draws}) < len({a.key for a in draws})
+
+
+@pytest.mark.parametrize("name", STRATEGY_NAMES)
 def test_exhausted_space_continues_with_fewer_and_warns(name, caplog):
     space = toy_space(genes=3, options=2)  # 8 architectures, budget 5 x 4 = 20
     objective = ToyObjective(space)

@@ -193,3 +193,49 @@ def test_ground_truth_errors_name_the_problem(tmp_path, space):
     (tmp_path / "noarch.csv").write_text("name,acc\nx,1\n")
     with pytest.raises(ConfigError, match="no architecture column"):
         GroundTruth.load(tmp_path / "noarch.csv", space, "acc")
+
+
+def test_canonical_form_prunes_edges_into_dead_nodes(space):
+    # Node 2 feeds only edge 3<-2 = none: its two incoming edges do not matter.
+    arch = space.parse("|skip_connect~0|+|nor_conv_1x1~0|skip_connect~1|+|nor_conv_3x3~0|nor_conv_3x3~1|none~2|")
+    assert nb201_to_arch_str([v for _, v in space.canonical(arch).values]) == (
+        "|skip_connect~0|+|none~0|none~1|+|nor_conv_3x3~0|nor_conv_3x3~1|none~2|"
+    )
+    # Node 1 reaches the output only through dead node 2: 1<-0 and 2<-1 go too.
+    arch = space.parse("|nor_conv_3x3~0|+|skip_connect~0|nor_conv_3x3~1|+|avg_pool_3x3~0|none~1|none~2|")
+    assert nb201_to_arch_str([v for _, v in space.canonical(arch).values]) == (
+        "|none~0|+|none~0|none~1|+|avg_pool_3x3~0|none~1|none~2|"
+    )
+    live = space.parse(INDEX1)
+    assert space.canonical(live) == live  # every node reaches the output
+    assert space.canonical(space.canonical(arch)) == space.canonical(arch)
+
+
+@needs_csv
+def test_canonical_form_stays_in_the_benchmarks_isomorphism_class(space):
+    """Ground truth: every cell and its canonical form share the CSV's iso_group."""
+    rows = _rows()
+    group = {row["arch_str"]: row["iso_group"] for row in rows}
+    forms = set()
+    for row in rows:
+        canonical = space.canonical(space.parse(row["arch_str"]))
+        forms.add(canonical.key)
+        assert group[nb201_to_arch_str([v for _, v in canonical.values])] == row["iso_group"], row["arch_str"]
+    assert len({row["iso_group"] for row in rows}) <= len(forms) < len(rows)
+
+
+def test_a_cell_and_its_canonical_form_compute_the_same_function():
+    space = create_space("nb201", channels=4, cells_per_stage=1)
+    torch.manual_seed(0)
+    supernet = build_supernet(space)
+    x = torch.randn(3, 3, 32, 32)
+    rng = random.Random(0)
+    archs = [space.sample(rng) for _ in range(40)]
+    changed = [arch for arch in archs if space.canonical(arch) != arch]
+    assert len(changed) >= 5
+    supernet.train()
+    for arch in archs:  # non-trivial BN statistics on every op
+        supernet(x, arch)
+    supernet.eval()
+    for arch in changed:
+        torch.testing.assert_close(supernet(x, arch), supernet(x, space.canonical(arch)), atol=1e-6, rtol=0)

@@ -12,7 +12,13 @@ from typing import Any
 
 from spos.arch import Arch
 from spos.errors import ArchError, ConfigError
-from spos.space import Choice, SearchSpace, register_arch_parser, register_space
+from spos.space import (
+    Choice,
+    SearchSpace,
+    register_arch_parser,
+    register_canonical_form,
+    register_space,
+)
 
 __all__ = [
     "NB201_EDGES",
@@ -194,6 +200,25 @@ def _parse_nb201(space: SearchSpace, text: str) -> Arch | None:
 
 
 register_arch_parser("nb201", _parse_nb201)
+
+
+def nb201_canonical(space: SearchSpace, arch: Arch) -> Arch:
+    """The cell with every edge into a dead node set to ``none``: the same network.
+
+    A node is dead when no chain of non-``none`` edges leads from it to the output node 3:
+    what it computes is never read, so the ops on its incoming edges do not matter (the
+    benchmark counts such cells as one isomorphism class).
+    """
+    ops = dict(zip(NB201_EDGES, (value for _, value in arch.values), strict=True))
+    live = {3}
+    for node in (2, 1):
+        if any(ops[(to, node)] != "none" and to in live for to in range(node + 1, 4)):
+            live.add(node)
+    canonical = ["none" if to not in live else op for (to, _), op in ops.items()]
+    return space.arch(canonical)
+
+
+register_canonical_form("nb201", nb201_canonical)
 
 
 import spos.spaces.channel_catalog  # noqa: E402,F401  (registers the block + channel spaces)
