@@ -207,15 +207,17 @@ def nb201_canonical(space: SearchSpace, arch: Arch) -> Arch:
 
     A node is dead when no chain of non-``none`` edges leads from it to the output node 3:
     what it computes is never read, so the ops on its incoming edges do not matter (the
-    benchmark counts such cells as one isomorphism class).
+    benchmark counts such cells as one isomorphism class; tested against its ``iso_group``).
+    Edges out of a node that receives nothing are kept: in the supernet they add zeros, but
+    in the trained child an op's affine BN turns zeros into a learned bias, and the benchmark
+    counts those cells as other networks.
     """
     ops = dict(zip(NB201_EDGES, (value for _, value in arch.values), strict=True))
     live = {3}
     for node in (2, 1):
         if any(ops[(to, node)] != "none" and to in live for to in range(node + 1, 4)):
             live.add(node)
-    canonical = ["none" if to not in live else op for (to, _), op in ops.items()]
-    return space.arch(canonical)
+    return space.arch(["none" if to not in live else op for (to, _), op in ops.items()])
 
 
 register_canonical_form("nb201", nb201_canonical)
