@@ -138,8 +138,10 @@ class SupernetConfig:
     """Per-step decay to zero after warm-up (official: linear)."""
     warmup_steps: int = 0
     """Linear warm-up steps from 0 to the peak learning rate."""
-    sampler: Literal["uniform", "constraint", "fair"] = "uniform"
-    """Path sampling: uniform, uniform-constraint (FLOPs bins), or strict-fair."""
+    sampler: Literal["uniform", "constraint", "fair"] = "fair"
+    """Path sampling: strict-fair (each option of every choice once per window; ranks better
+    than uniform on NAS-Bench-201, see benchmarks/results/nb201_cifar10.md), uniform (the
+    paper's core method) or uniform-constraint (FLOPs bins, the paper's default)."""
     flops_min: float | None = None
     """Lower FLOPs bound for constraint sampling (multiply-adds); None: the space minimum."""
     flops_max: float | None = None
@@ -151,7 +153,8 @@ class SupernetConfig:
     choice_warmup_steps: int = 0
     """Steps during which choices labelled ``choice_warmup_prefix*`` only take
     ``choice_warmup_option`` (channel search: every block at full width, so narrow paths do not
-    derail early training); 0 disables the warm-up. Not with sampler=fair."""
+    derail early training); 0 disables the warm-up. Under sampler=fair the restricted choices
+    draw uniformly among their allowed options and the others stay strictly fair."""
     choice_widen_steps: int = 0
     """Steps after the warm-up over which those choices' allowed options grow linearly to all
     of them, nearest to choice_warmup_option first; 0 allows all right after the warm-up."""

@@ -259,5 +259,3 @@ def test_choice_schedule_resumes_and_refuses_bad_settings():
         ChoiceSchedule(space, prefix="bits_", anchor=1.0, warmup_steps=3)
     with pytest.raises(ConfigError, match="not an option"):
         ChoiceSchedule(space, prefix="width_", anchor=0.3, warmup_steps=3)
-    with pytest.raises(ConfigError, match="fair"):
-        create_sampler("fair", space, make_rng(0, "s"), schedule=ChoiceSchedule(space, prefix="width_", anchor=1.0, warmup_steps=1))

@@ -40,6 +40,22 @@ def test_fair_sampler_uses_every_option_once_per_window():
     assert [restored.sample() for _ in range(6)] == straight
 
 
+def test_fair_sampler_under_a_warm_up_keeps_the_free_choices_fair():
+    from spos.sampling import ChoiceSchedule
+
+    space = SPACE  # choices c0..: the schedule holds the first one at option 3, then frees it
+    label = space.labels[0]
+    schedule = ChoiceSchedule(space, prefix=label, anchor=3, warmup_steps=8, widen_steps=0)
+    sampler = create_sampler("fair", space, make_rng(0, "fair"), schedule=schedule)
+    paths = [sampler.sample() for _ in range(16)]
+    assert all(a[label] == 3 for a in paths[:8])  # held during the warm-up
+    for start in (0, 4, 8, 12):  # every other choice strictly fair in every window
+        window = paths[start : start + 4]
+        for other in space.labels[1:]:
+            assert sorted(a[other] for a in window) == [0, 1, 2, 3]
+    assert len({a[label] for a in paths[8:]}) > 1  # free after the warm-up
+
+
 def test_constraint_sampler_fills_bins_uniformly():
     # FLOPs = sum of indices (0..30); a uniform path concentrates near 15, the bins do not.
     sampler = ConstraintSampler(
