@@ -138,10 +138,11 @@ class SupernetConfig:
     """Per-step decay to zero after warm-up (official: linear)."""
     warmup_steps: int = 0
     """Linear warm-up steps from 0 to the peak learning rate."""
-    sampler: Literal["uniform", "constraint", "fair"] = "fair"
-    """Path sampling: strict-fair (each option of every choice once per window; ranks better
-    than uniform on NAS-Bench-201, see benchmarks/results/nb201_cifar10.md), uniform (the
-    paper's core method) or uniform-constraint (FLOPs bins, the paper's default)."""
+    sampler: Literal["uniform", "constraint", "fair"] = "uniform"
+    """Path sampling: uniform (the paper's core method), uniform-constraint (FLOPs bins, the
+    paper's ImageNet default) or strict-fair (each option of every choice once per window; on
+    NAS-Bench-201 neither fair nor uniform ranked better consistently across two seeds, see
+    benchmarks/results/nb201_cifar10.md)."""
     flops_min: float | None = None
     """Lower FLOPs bound for constraint sampling (multiply-adds); None: the space minimum."""
     flops_max: float | None = None

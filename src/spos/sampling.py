@@ -6,10 +6,8 @@ One architecture is drawn per optimiser step. Three strategies:
 * ``constraint``: the paper's default *uniform constraint sampling*: pick one of the FLOPs bins
   uniformly, then rejection-sample uniform paths until one lands in it (capped; after the cap
   a uniform path is used and the fallback is counted);
-* ``fair`` (the default): FairNAS-style strict fairness: within every window of k steps
-  (k = options per choice) each option of every choice is used exactly once. On
-  NAS-Bench-201 it ranked better than uniform sampling at equal steps (Kendall tau 0.569 vs
-  0.523 after 40k steps; `benchmarks/results/nb201_cifar10.md`).
+* ``fair``: FairNAS-style strict fairness: within every window of k steps (k = options per
+  choice) each option of every choice is used exactly once.
 
 Samplers are torch-free, take an explicit ``random.Random`` and expose JSON-able
 ``state_dict``/``load_state_dict`` so a resumed run draws the same paths. Every sampler
