@@ -225,16 +225,13 @@ def test_search_under_a_bitops_constraint_never_evaluates_a_violator(tmp_path):
     assert not math.isnan(best["score"])
 
 
-def test_fake_quant_child_exports_to_onnx_and_torch_export(tmp_path):
-    """ONNX holds the fake-quant graph as float ops (Div, Clip, Round, Mul): most images
-    agree within 1e-4; a rare image may flip one activation level (see spos.stages.export).
-    torch.export runs PyTorch's own kernels, so it must agree everywhere."""
-    pytest.importorskip("onnxruntime")
+
+def check_quantised_child_exports(child, tmp_path):
+    """Train a 1x12x12 quantised child 3 steps, export ONNX and torch.export, check both
+    against PyTorch (ONNX: median within TOLERANCE, rounding flips allowed); return the
+    reference logits and batches."""
     from spos.stages.export import TOLERANCE, _export_onnx, _export_program, _onnx_rounding_flips
 
-    torch.manual_seed(0)
-    space = create_space("resnet20_quant_cifar", stage_repeats=[1, 1, 1], in_channels=1, input_size=12)
-    child = build_child(space, space.sample(random.Random(3)))
     optimizer = torch.optim.SGD(child.parameters(), lr=0.05)
     for _ in range(3):
         optimizer.zero_grad(set_to_none=True)
@@ -249,6 +246,19 @@ def test_fake_quant_child_exports_to_onnx_and_torch_export(tmp_path):
     flips = _onnx_rounding_flips(tmp_path / "model.onnx", reference, batches)
     assert flips is not None and flips["median_max_abs_diff"] <= TOLERANCE
     assert _export_program(child, example, tmp_path / "model.pt2", reference, batches) <= TOLERANCE
+    return reference, batches
+
+
+def test_fake_quant_child_exports_to_onnx_and_torch_export(tmp_path):
+    """ONNX holds the fake-quant graph as float ops (Div, Clip, Round, Mul): most images
+    agree within 1e-4; a rare image may flip one activation level (see spos.stages.export).
+    torch.export runs PyTorch's own kernels, so it must agree everywhere."""
+    pytest.importorskip("onnxruntime")
+    from spos.stages.export import _onnx_rounding_flips
+
+    torch.manual_seed(0)
+    space = create_space("resnet20_quant_cifar", stage_repeats=[1, 1, 1], in_channels=1, input_size=12)
+    reference, batches = check_quantised_child_exports(build_child(space, space.sample(random.Random(3))), tmp_path)
     # a wrong program is caught: the same check against another network's logits fails
     with torch.no_grad():
         wrong = {"random": reference["random"] + 0.1}

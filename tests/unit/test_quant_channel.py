@@ -269,26 +269,12 @@ def test_width_warmup_schedule_restricts_only_the_widths():
 def test_width_child_exports_to_onnx_and_torch_export(tmp_path):
     """As test_quant.py's export check, for a child with narrowed blocks."""
     pytest.importorskip("onnxruntime")
-    from spos.stages.export import TOLERANCE, _export_onnx, _export_program, _onnx_rounding_flips
+    from tests.unit.test_quant import check_quantised_child_exports
 
     torch.manual_seed(0)
     space = _small_space()
     arch = space.arch(["w4a4", "w3a8", "w4a4", "w8a4", "w4a8", "w3a3", "w8a8", "w4a4", 0.5, 1.25, 0.75])
-    child = build_child(space, arch)
-    optimizer = torch.optim.SGD(child.parameters(), lr=0.05)
-    for _ in range(3):
-        optimizer.zero_grad(set_to_none=True)
-        child(torch.randn(16, 1, 12, 12)).logsumexp(1).mean().backward()
-        optimizer.step()
-    child.eval()
-    batches = {"random": torch.randn(24, 1, 12, 12)}
-    with torch.no_grad():
-        reference = {"random": child(batches["random"])}
-    example = torch.randn(2, 1, 12, 12)
-    _export_onnx(child, example, tmp_path / "model.onnx")
-    flips = _onnx_rounding_flips(tmp_path / "model.onnx", reference, batches)
-    assert flips is not None and flips["median_max_abs_diff"] <= TOLERANCE
-    assert _export_program(child, example, tmp_path / "model.pt2", reference, batches) <= TOLERANCE
+    check_quantised_child_exports(build_child(space, arch), tmp_path)
 
 
 def test_search_under_a_bitops_constraint_writes_widths_and_bits(tmp_path):
