@@ -165,7 +165,8 @@ def run_variant(
             "sampler": config.supernet.sampler,
             "panel_tau_curve": curve,
         },
-        "rank": {k: ranked[k] for k in ("num_archs", "kendall_tau", "spearman_rho", "precision_at_5pct", "precision_at_10pct", "score_metric", "recalibrate_images", "val_images", "supernet_top_arch", "supernet_top_arch_true_value")},
+        "rank": {k: ranked[k] for k in ("num_archs", "kendall_tau", "spearman_rho", "precision_at_5pct", "precision_at_10pct", "score_metric", "recalibrate_images", "val_images", "supernet_top_arch", "supernet_top_arch_true_value")}
+        | {"option_bias": ranked.get("option_bias")},  # which ops the supernet over/under-rates
         "search": {
             "evolution": chosen(searched, run_dir / "arch.json"),
             "random": chosen(searched["baseline"], run_dir / "baseline" / "arch.json") if "baseline" in searched else None,

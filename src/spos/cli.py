@@ -123,6 +123,12 @@ def _cmd_rank(args: argparse.Namespace) -> int:
             f"{summary['precision_at_5pct']:.2f}, precision@10% {summary['precision_at_10pct']:.2f}; "
             f"plot in {run_dir / 'rank' / 'scatter.png'}"
         )
+        for row in summary["option_bias"][:3]:
+            verdict = "overrates" if row["bias"] > 0 else "underrates"
+            print(
+                f"  the supernet {verdict} {row['option']}: Kendall tau of its count with the truth "
+                f"{row['tau_truth']:+.2f}, with the supernet {row['tau_proxy']:+.2f}"
+            )
     runtime.close()
     return 0
 

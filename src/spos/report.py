@@ -62,6 +62,7 @@ _PLOT_FILES = (
     "architecture.png",
     "retrain_curves.png",
     "rank_scatter.png",
+    "rank_option_bias.png",
 )
 _STYLE = {
     "font.size": 10.5,
@@ -1048,6 +1049,28 @@ def _plot_rank_scatter(rank: Mapping[str, Any]) -> Figure:
     return figure
 
 
+def _plot_option_bias(rank: Mapping[str, Any]) -> Figure:
+    """Per option: how using it more correlates with the truth and with the supernet score."""
+    rows = [row for row in rank["option_bias"] if isinstance(row, Mapping)][:12]
+    if not rows:
+        raise ValueError("rank.json has no option_bias rows")
+    rows = rows[::-1]  # largest |bias| at the top of a horizontal bar chart
+    labels = [str(row["option"]) for row in rows]
+    truth = [float(row["tau_truth"]) for row in rows]
+    proxy = [float(row["tau_proxy"]) for row in rows]
+    figure = _new_figure(6.8, max(3.2, 1.4 + 0.45 * len(rows)))
+    axes = figure.subplots()
+    positions = list(range(len(rows)))
+    axes.barh([y + 0.2 for y in positions], truth, height=0.4, color="0.55", label="ground truth")
+    axes.barh([y - 0.2 for y in positions], proxy, height=0.4, color=_MAIN_COLOR, label="supernet")
+    axes.set_yticks(positions, labels)
+    axes.axvline(0.0, color="0.3", linewidth=0.8)
+    axes.set_xlabel("Kendall τ between how often a network uses the option and its accuracy")
+    axes.set_title("Which options does the supernet over- or under-rate?\n(bars that differ = bias)")
+    axes.legend(loc="lower right", fontsize=9)
+    return figure
+
+
 # --------------------------------------------------------------------------- report sections
 
 
@@ -1263,6 +1286,13 @@ def _rank_section(builder: _Builder, run: _RunFiles) -> None:
         "Supernet score against true accuracy",
         lambda: _plot_rank_scatter(run.rank),
     )
+    if run.rank.get("option_bias"):
+        builder.add_plot(
+            section,
+            "rank_option_bias.png",
+            "Options the supernet over- or under-rates",
+            lambda: _plot_option_bias(run.rank),
+        )
 
 
 # --------------------------------------------------------------------------- tables

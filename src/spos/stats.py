@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy import stats as scipy_stats
 
-__all__ = ["kendall_tau", "spearman_rho", "precision_at_k", "rank_correlations"]
+__all__ = ["kendall_tau", "spearman_rho", "precision_at_k", "rank_correlations", "option_bias"]
 
 
 def _paired(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -104,3 +104,32 @@ def rank_correlations(true_scores: Sequence[float], predicted_scores: Sequence[f
         "precision_at_5pct": precision_at_k(true_scores, predicted_scores, 0.05),
         "precision_at_10pct": precision_at_k(true_scores, predicted_scores, 0.10),
     }
+
+
+def option_bias(
+    counts: Mapping[str, Sequence[float]],
+    true_scores: Sequence[float],
+    predicted_scores: Sequence[float],
+) -> list[dict[str, float | str]]:
+    """Which options does the proxy over- or under-rate? One row per option, worst first.
+
+    For each option (e.g. ``avg_pool_3x3``) ``counts[option][i]`` is how many of candidate
+    ``i``'s choices take it. ``tau_truth`` is Kendall tau between that count and the truth (does
+    using the option more make a network better?), ``tau_proxy`` the same against the proxy, and
+    ``bias = tau_proxy - tau_truth``: positive means the proxy likes the option more than the
+    truth does (it overrates networks that use it), negative that it underrates them. Options
+    whose count is the same for every candidate say nothing and are left out.
+
+    Returns:
+        ``[{"option", "tau_truth", "tau_proxy", "bias"}, ...]`` sorted by ``|bias|``, largest first.
+    """
+    rows: list[dict[str, float | str]] = []
+    for option, column in counts.items():
+        values = np.asarray(column, dtype=float)
+        if values.size < 2 or np.all(values == values[0]):
+            continue
+        tau_truth = kendall_tau(values, true_scores)
+        tau_proxy = kendall_tau(values, predicted_scores)
+        rows.append({"option": option, "tau_truth": tau_truth, "tau_proxy": tau_proxy, "bias": tau_proxy - tau_truth})
+    return sorted(rows, key=lambda row: -abs(float(row["bias"])) if not math.isnan(float(row["bias"])) else 0.0)
+

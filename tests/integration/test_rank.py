@@ -52,7 +52,16 @@ def test_rank_reports_correlations_that_match_its_own_scores(tmp_path):
     assert report["spearman_rho"] == round(spearmanr(true_values, scores)[0], 4)
     assert (run_dir / "rank" / "scatter.png").stat().st_size > 1000
     with (run_dir / "rank" / "scores.csv").open() as handle:
-        assert len(list(csv.DictReader(handle))) == 12
+        table = list(csv.DictReader(handle))
+    assert len(table) == 12
+    # Option bias: the made-up truth rewards 3x3 convs, and rank.json says so from the archs.
+    conv3 = [row["arch"].split(",").count("nor_conv_3x3") for row in table]
+    truth_col = [float(row["acc"]) for row in table]
+    score_col = [float(row["supernet_score"]) for row in table]
+    bias = {row["option"]: row for row in report["option_bias"]}
+    assert bias["nor_conv_3x3"]["tau_truth"] == round(kendalltau(conv3, truth_col)[0], 4) > 0.8
+    assert bias["nor_conv_3x3"]["tau_proxy"] == round(kendalltau(conv3, score_col)[0], 4)
+    assert "the supernet" in ranked.stdout and ("overrates" in ranked.stdout or "underrates" in ranked.stdout)
     assert json.loads((run_dir / "summary.json").read_text())["rank"]["kendall_tau"] == report["kendall_tau"]
 
     # A rerun reads the score cache (keyed by the weights) and scores nothing again.

@@ -32,6 +32,7 @@ ALL_PLOTS = (
     "architecture.png",
     "retrain_curves.png",
     "rank_scatter.png",
+    "rank_option_bias.png",
 )
 
 
@@ -184,6 +185,10 @@ def make_full_run(run_dir: Path) -> dict[str, Any]:
         "precision_at_5pct": 0.5,
         "precision_at_10pct": 0.5,
         "points": points,
+        "option_bias": [
+            {"option": "avg_pool_3x3", "tau_truth": -0.43, "tau_proxy": -0.15, "bias": 0.28},
+            {"option": "nor_conv_1x1", "tau_truth": 0.15, "tau_proxy": -0.05, "bias": -0.2},
+        ],
     }
     (run_dir / "rank").mkdir()
     (run_dir / "rank" / "rank.json").write_text(json.dumps(rank), encoding="utf-8")
@@ -331,7 +336,8 @@ def test_rerun_removes_stale_plots_and_tolerates_a_truncated_line(tmp_path: Path
         handle.write('{"index": 99, "generat')  # a search still writing its history
     index = write_report(run_dir)
     assert not (index.parent / "rank_scatter.png").exists()
-    assert index.read_text(encoding="utf-8").count("data:image/png;base64,") == len(ALL_PLOTS) - 1
+    assert not (index.parent / "rank_option_bias.png").exists()
+    assert index.read_text(encoding="utf-8").count("data:image/png;base64,") == len(ALL_PLOTS) - 2
 
 
 def test_empty_run_dir_and_missing_dir(tmp_path: Path) -> None:

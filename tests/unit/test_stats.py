@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spos.stats import kendall_tau, precision_at_k, spearman_rho
+from spos.stats import kendall_tau, option_bias, precision_at_k, spearman_rho
 
 
 def kendall_tau_b_reference(x: list[float], y: list[float]) -> float:
@@ -101,6 +101,27 @@ def test_known_values():
     assert precision_at_k(truth, predicted, 0.1) == pytest.approx(2 / 3)
     assert math.isnan(kendall_tau([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]))
     assert math.isnan(spearman_rho([1.0], [2.0]))
+
+
+def test_option_bias_names_the_option_the_proxy_misjudges():
+    # 60 networks of 6 choices over three options. The truth rewards "conv", the proxy rewards
+    # "pool" instead, and neither cares about "skip" beyond what the other counts imply.
+    rng = random.Random(1)
+    nets = [[rng.choice(["conv", "pool", "skip"]) for _ in range(6)] for _ in range(60)]
+    counts = {option: [net.count(option) for net in nets] for option in ("conv", "pool", "skip", "always")}
+    counts["always"] = [1] * 60  # the same for every network: carries no information
+    truth = [net.count("conv") + 0.01 * rng.random() for net in nets]
+    proxy = [net.count("pool") + 0.01 * rng.random() for net in nets]
+    rows = {row["option"]: row for row in option_bias(counts, truth, proxy)}
+    assert set(rows) == {"conv", "pool", "skip"}
+    assert rows["conv"]["tau_truth"] == pytest.approx(kendall_tau(counts["conv"], truth))
+    assert rows["conv"]["tau_proxy"] == pytest.approx(kendall_tau(counts["conv"], proxy))
+    assert rows["conv"]["tau_truth"] > 0.8 and rows["conv"]["bias"] < -0.8  # underrated
+    assert rows["pool"]["tau_proxy"] > 0.8 and rows["pool"]["bias"] > 0.8  # overrated
+    ordered = [row["option"] for row in option_bias(counts, truth, proxy)]
+    assert set(ordered[:2]) == {"conv", "pool"} and ordered[2] == "skip"  # largest |bias| first
+    # A perfect proxy has no bias at all.
+    assert all(abs(row["bias"]) < 1e-12 for row in option_bias(counts, truth, truth))
 
 
 def test_bad_inputs_fail_clearly():

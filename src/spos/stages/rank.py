@@ -36,7 +36,7 @@ from spos.stages.common import (
     write_json,
 )
 from spos.stages.train_supernet import CHECKPOINT_NAME, open_for_scoring
-from spos.stats import rank_correlations
+from spos.stats import option_bias, rank_correlations
 
 __all__ = ["run"]
 
@@ -56,6 +56,12 @@ def _read_cache(path: Path, fingerprint: str, settings: dict[str, Any]) -> dict[
         if record.get("supernet") == fingerprint and record.get("settings") == settings:
             cache[str(record["key"])] = float(record["score"])
     return cache
+
+
+def _option_counts(archs: list[Arch]) -> dict[str, list[int]]:
+    """How many choices of each architecture take each option value (``str(value)``)."""
+    options = sorted({str(value) for arch in archs for _, value in arch.values})
+    return {option: [sum(str(value) == option for _, value in arch.values) for arch in archs] for option in options}
 
 
 def run(
@@ -119,6 +125,7 @@ def run(
     scores = [cache[arch.key] for arch in archs]
     figures = rank_correlations(true_values, scores)
     best = max(range(len(archs)), key=lambda i: scores[i])
+    bias = option_bias(_option_counts(archs), true_values, scores)
     summary: dict[str, Any] = {
         "ground_truth": str(truth.path),
         "column": column,
@@ -131,6 +138,9 @@ def run(
         "supernet_top_arch": archs[best].short(),
         "supernet_top_arch_true_value": true_values[best],
         "true_best_in_file": truth.best(),
+        "option_bias": [
+            {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()} for row in bias
+        ],
         "seconds": round(watch(), 1),
         "points": [[t, s] for t, s in zip(true_values, scores, strict=True)],
     }
