@@ -138,6 +138,11 @@ class SupernetConfig:
     """Per-step decay to zero after warm-up (official: linear)."""
     warmup_steps: int = 0
     """Linear warm-up steps from 0 to the peak learning rate."""
+    grad_clip: float = 0.0
+    """Clip each step's gradient norm (over the sampled path) to this value; 0 turns it off.
+    Paths of one supernet can differ a lot in activation scale (a cell of skips and sums
+    against one of convs), and NAS-Bench-201's own weight-sharing baselines clip at 5. The
+    pre-clip norm is logged as ``grad_norm``."""
     sampler: Literal["uniform", "constraint", "fair"] = "uniform"
     """Path sampling: uniform (the paper's core method), uniform-constraint (FLOPs bins, the
     paper's ImageNet default) or strict-fair (each option of every choice once per window; on
@@ -195,6 +200,7 @@ class SupernetConfig:
         _check(self.weight_decay >= 0, f"{prefix}.weight_decay", "must be >= 0")
         _check(0 <= self.label_smoothing < 1, f"{prefix}.label_smoothing", "must be in [0, 1)")
         _check(0 <= self.warmup_steps < self.steps, f"{prefix}.warmup_steps", "must be in [0, steps)")
+        _check(self.grad_clip >= 0, f"{prefix}.grad_clip", "must be >= 0 (0 turns clipping off)")
         _check(
             self.rank_ground_truth is None or bool(self.rank_column),
             f"{prefix}.rank_column",

@@ -139,3 +139,36 @@ def test_cost_command_prints_the_reference_figures():
     assert abs(costs["params"] - 3.53e6) / 3.53e6 < 0.005
     bad = run_cli("cost", "--space", "shufflenet_imagenet", "--arch", "2,1,0")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "20 choices" in bad.stderr
+
+
+def test_grad_clip_scales_the_step_to_the_clip_norm(tmp_path):
+    # One plain-SGD step (no momentum history, no decay) from the same initial weights,
+    # unclipped and clipped to c: the two results differ by lr * g * (1 - c/|g|), whose norm is
+    # lr * (|g| - c), with |g| the pre-clip norm the run logs.
+    from spos.checkpoint import load_checkpoint
+
+    lr, clip = 0.1, 0.01
+    common = [
+        "supernet.steps=1", "supernet.log_every=1", "supernet.eval_every=0", "supernet.warmup_steps=0",
+        f"supernet.lr={lr}", "supernet.weight_decay=0", "supernet.momentum=0", "supernet.label_smoothing=0",
+    ]
+    weights, norms = {}, {}
+    for name, value in (("free", 1e9), ("clipped", clip)):
+        run_dir = tmp_path / name
+        config = load_config(SMOKE, [*common, f"supernet.grad_clip={value}"])
+        train_supernet.run(config, run_dir, runtime=Runtime.from_env("cpu", threads=1))
+        weights[name] = load_checkpoint(run_dir / "supernet.ckpt", kind="supernet")["state"]["model"]
+        norms[name] = _metrics(run_dir)[0]["grad_norm"]
+    assert norms["free"] == pytest.approx(norms["clipped"], rel=1e-5)  # same first gradient
+    assert norms["free"] > 10 * clip  # so the clip really bites
+    squared = sum(
+        float(((weights["free"][k].double() - weights["clipped"][k].double()) ** 2).sum())
+        for k in weights["free"]
+        if weights["free"][k].is_floating_point()
+    )
+    assert squared**0.5 == pytest.approx(lr * (norms["free"] - clip), rel=1e-3)
+
+
+def test_negative_grad_clip_is_one_clear_error(tmp_path):
+    result = run_cli("train-supernet", "--config", str(SMOKE), "--out", str(tmp_path / "r"), "supernet.grad_clip=-1")
+    assert result.returncode == 2 and "supernet.grad_clip" in result.stderr and "Traceback" not in result.stderr

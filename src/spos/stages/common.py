@@ -439,12 +439,19 @@ class TrainingWindow:
 
     def _reset(self) -> None:
         self.loss_sum, self.correct, self.images = 0.0, 0, 0
+        self.grad_norms: list[float] = []
         self.clock = Stopwatch()
 
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+    def add(
+        self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, *, grad_norm: torch.Tensor | None = None
+    ) -> None:
+        """Count one step; ``grad_norm`` (the step's pre-clip gradient norm, the same on every
+        rank) is logged as the window's mean and max when given."""
         self.loss_sum += float(loss.detach()) * labels.numel()
         self.correct += int((logits.argmax(1) == labels).sum())
         self.images += labels.numel()
+        if grad_norm is not None:
+            self.grad_norms.append(float(grad_norm))
 
     def restart_clock(self) -> None:
         self.clock = Stopwatch()
@@ -467,6 +474,9 @@ class TrainingWindow:
             "lr": lr,
             "images_per_s": images / max(seconds, 1e-9),
         }
+        if self.grad_norms:
+            record["grad_norm"] = sum(self.grad_norms) / len(self.grad_norms)
+            record["grad_norm_max"] = max(self.grad_norms)
         self._reset()
         return record
 

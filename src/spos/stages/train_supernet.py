@@ -376,10 +376,15 @@ def run(
         for parameter in supernet.parameters():
             if id(parameter) not in on_path:
                 parameter.grad = None
+        grad_norm = None
+        if cfg.grad_clip > 0:  # after DDP's all-reduce, so every rank clips alike
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                [p for p in supernet.parameters() if p.grad is not None], cfg.grad_clip
+            )
         optimizer.step()
         step += 1
 
-        window.add(loss, logits, labels)
+        window.add(loss, logits, labels, grad_norm=grad_norm)
         if step % cfg.log_every == 0 or step == cfg.steps:
             record = {**window.flush(step=step, lr=lr, runtime=runtime), **sampler.stats()}
             metrics.write(record)
