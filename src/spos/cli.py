@@ -123,6 +123,11 @@ def _cmd_rank(args: argparse.Namespace) -> int:
             f"{summary['precision_at_5pct']:.2f}, precision@10% {summary['precision_at_10pct']:.2f}; "
             f"plot in {run_dir / 'rank' / 'scatter.png'}"
         )
+        baselines = summary["cost_baselines"]
+        print(
+            "  baselines on the same architectures: Kendall tau of params "
+            f"{baselines['params']['kendall_tau']:.3f}, of FLOPs {baselines['flops']['kendall_tau']:.3f}"
+        )
         for row in summary["option_bias"][:3]:
             verdict = "overrates" if row["bias"] > 0 else "underrates"
             print(

@@ -156,6 +156,12 @@ class SupernetConfig:
     """Number of equal FLOPs bins for constraint sampling (official: 7)."""
     sampler_max_tries: int = 100
     """Rejection-sampling tries per step before falling back to a uniform path."""
+    distinct_networks: bool = False
+    """De-isomorphic sampling (Ning et al., NeurIPS 2021): draw paths uniformly over distinct
+    networks, the space's canonical forms (:meth:`spos.space.SearchSpace.canonical`), instead
+    of over labelings. On NAS-Bench-201 uniform labelings over-train the few networks that many
+    cells collapse to (e.g. every cell whose output node receives nothing); spaces without a
+    canonical form sample as before. Works with the uniform and constraint samplers."""
     choice_warmup_steps: int = 0
     """Steps during which choices labelled ``choice_warmup_prefix*`` only take
     ``choice_warmup_option`` (channel search: every block at full width, so narrow paths do not
@@ -209,6 +215,12 @@ class SupernetConfig:
         _check(self.rank_panel_size >= 2, f"{prefix}.rank_panel_size", "must be at least 2")
         _check(self.flops_bins >= 1, f"{prefix}.flops_bins", "must be at least 1")
         _check(self.sampler_max_tries >= 1, f"{prefix}.sampler_max_tries", "must be at least 1")
+        _check(
+            not (self.distinct_networks and self.sampler == "fair"),
+            f"{prefix}.distinct_networks",
+            "works with sampler=uniform or constraint (strict fairness over labelings has no "
+            "distinct-network form); set supernet.sampler=uniform or distinct_networks=false",
+        )
         for name in ("choice_warmup_steps", "choice_widen_steps"):
             _check(getattr(self, name) >= 0, f"{prefix}.{name}", "must be >= 0")
         for name in ("eval_every", "panel_size"):

@@ -194,6 +194,13 @@ def _number(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _params_baseline_tau(rank: Mapping[str, Any]) -> float | None:
+    """Kendall tau of ranking by parameter count alone (``rank.json``'s ``cost_baselines``)."""
+    baselines = rank.get("cost_baselines")
+    params = baselines.get("params") if isinstance(baselines, Mapping) else None
+    return _number(params.get("kendall_tau")) if isinstance(params, Mapping) else None
+
+
 def _series(
     records: Sequence[Mapping[str, Any]], x_key: str, y_key: str
 ) -> tuple[list[float], list[float]]:
@@ -1009,6 +1016,9 @@ def _plot_rank_scatter(rank: Mapping[str, Any]) -> Figure:
         for key, name in (("precision_at_5pct", "5%"), ("precision_at_10pct", "10%"))
         if _number(rank.get(key)) is not None
     ]
+    params_tau = _params_baseline_tau(rank)
+    if params_tau is not None:  # the zero-cost baseline the supernet has to beat
+        precision.append(f"params alone: τ = {params_tau:.3f}")
     if precision:
         axes.text(
             0.03,
@@ -1401,6 +1411,9 @@ def _key_figures(run: _RunFiles) -> list[tuple[str, str, str]]:
         ):
             if _number(run.rank.get(key)) is not None:
                 rows.append(("rank", name, f"{run.rank[key]:.3f}"))
+        params_tau = _params_baseline_tau(run.rank)
+        if params_tau is not None:
+            rows.append(("rank", "Kendall tau of params alone (baseline)", f"{params_tau:.3f}"))
     return rows
 
 

@@ -130,14 +130,27 @@ class PathSampler(abc.ABC):
         rng: Random generator.
         schedule: Optional restriction of some choices early in training; ``None`` samples
             the whole space from the first step.
+        distinct_networks: Draw uniformly over distinct networks (canonical forms) instead
+            of over labelings, by rejecting every path that is not its own canonical form:
+            each network's representative is then equally likely (de-isomorphic sampling).
     """
 
+    #: Rejections before a distinct-network draw gives up and trains the canonical form of
+    #: its last path (NB201 accepts 78% of uniform paths; only a pathological form gets here).
+    DISTINCT_MAX_TRIES = 1000
+
     def __init__(
-        self, space: SearchSpace, rng: random.Random, *, schedule: ChoiceSchedule | None = None
+        self,
+        space: SearchSpace,
+        rng: random.Random,
+        *,
+        schedule: ChoiceSchedule | None = None,
+        distinct_networks: bool = False,
     ) -> None:
         self.space = space
         self.rng = rng
         self.schedule = schedule
+        self.distinct_networks = distinct_networks
         self.coverage: dict[str, dict[str, int]] = {
             c.label: {str(o): 0 for o in c.options} for c in space.choices
         }
@@ -147,14 +160,26 @@ class PathSampler(abc.ABC):
     def _draw(self) -> Arch:
         """One path, before coverage is counted."""
 
-    def _uniform(self) -> Arch:
-        """A uniform path among the options the schedule allows at the current step."""
+    def _labeling(self) -> Arch:
+        """A uniform labeling among the options the schedule allows at the current step."""
         if self.schedule is None or not self.schedule.is_restricted(self.steps):
             return self.space.sample(self.rng)
         allowed = self.schedule.allowed(self.steps)
         return self.space.arch(
             [self.rng.choice(allowed.get(c.label, c.options)) for c in self.space.choices]
         )
+
+    def _uniform(self) -> Arch:
+        """A uniform path: over labelings, or over distinct networks when asked."""
+        arch = self._labeling()
+        if not self.distinct_networks:
+            return arch
+        for _ in range(self.DISTINCT_MAX_TRIES):
+            canonical = self.space.canonical(arch)
+            if canonical == arch:
+                return arch
+            arch = self._labeling()
+        return self.space.canonical(arch)
 
     def sample(self) -> Arch:
         """The path for the next optimiser step (recorded in the coverage counts)."""
@@ -183,7 +208,7 @@ class PathSampler(abc.ABC):
 
 
 class UniformSampler(PathSampler):
-    """Every choice uniformly and independently."""
+    """Every choice uniformly and independently (or every distinct network uniformly)."""
 
     def _draw(self) -> Arch:
         return self._uniform()
@@ -215,8 +240,9 @@ class ConstraintSampler(PathSampler):
         bins: int,
         max_tries: int,
         schedule: ChoiceSchedule | None = None,
+        distinct_networks: bool = False,
     ) -> None:
-        super().__init__(space, rng, schedule=schedule)
+        super().__init__(space, rng, schedule=schedule, distinct_networks=distinct_networks)
         if not low < high:
             raise ConfigError(f"constraint sampling needs flops_min < flops_max (got {low}, {high})")
         self.flops = flops
@@ -304,15 +330,21 @@ def create_sampler(
     bins: int = 7,
     max_tries: int = 100,
     schedule: ChoiceSchedule | None = None,
+    distinct_networks: bool = False,
 ) -> PathSampler:
     """Build the sampler called ``name`` (``uniform``, ``constraint`` or ``fair``).
 
     ``schedule`` restricts some choices early in training (under ``fair`` the restricted
     choices draw uniformly among their allowed options, the others stay strictly fair).
+    ``distinct_networks`` draws uniformly over canonical forms (``uniform``, ``constraint``).
     """
     if name == "uniform":
-        return UniformSampler(space, rng, schedule=schedule)
+        return UniformSampler(space, rng, schedule=schedule, distinct_networks=distinct_networks)
     if name == "fair":
+        if distinct_networks:
+            raise ConfigError(
+                "distinct-network sampling works with the uniform and constraint samplers, not fair"
+            )
         return FairSampler(space, rng, schedule=schedule)
     if name == "constraint":
         if flops is None or flops_range is None:
@@ -327,5 +359,6 @@ def create_sampler(
             bins=bins,
             max_tries=max_tries,
             schedule=schedule,
+            distinct_networks=distinct_networks,
         )
     raise ConfigError(f"unknown sampler {name!r}; choose uniform, constraint or fair")

@@ -8,6 +8,7 @@ import random
 
 from scipy.stats import kendalltau, spearmanr
 
+from spos.cost import CostModel
 from spos.space import create_space
 from spos.spaces.catalog import nb201_to_arch_str
 from tests.conftest import SMOKE, run_cli
@@ -63,6 +64,12 @@ def test_rank_reports_correlations_that_match_its_own_scores(tmp_path):
     assert bias["nor_conv_3x3"]["tau_proxy"] == round(kendalltau(conv3, score_col)[0], 4)
     assert "the supernet" in ranked.stdout and ("overrates" in ranked.stdout or "underrates" in ranked.stdout)
     assert json.loads((run_dir / "summary.json").read_text())["rank"]["kendall_tau"] == report["kendall_tau"]
+    # The zero-cost baseline: ranking the same archs by parameter count (of the run's layout).
+    tiny = create_space("nb201", channels=4, cells_per_stage=1)
+    costs = CostModel.from_space(tiny)
+    params = [costs.params(tiny.arch(row["arch"].split(","))) for row in table]
+    assert report["cost_baselines"]["params"]["kendall_tau"] == round(kendalltau(truth_col, params)[0], 4)
+    assert "Kendall tau of params" in ranked.stdout
 
     # A rerun reads the score cache (keyed by the weights) and scores nothing again.
     cache = run_dir / "rank" / "scores.jsonl"

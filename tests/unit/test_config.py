@@ -72,3 +72,9 @@ def test_apply_overrides_does_not_mutate_input():
     data = {"supernet": {"lr": 1.0}}
     apply_overrides(data, ["supernet.lr=2"])
     assert data == {"supernet": {"lr": 1.0}}
+
+
+def test_distinct_networks_needs_a_sampler_that_can_reject_labelings():
+    with pytest.raises(ConfigError, match="'supernet.distinct_networks' works with sampler=uniform or constraint"):
+        load_config(None, ["supernet.sampler=fair", "supernet.distinct_networks=true"])
+    assert load_config(None, ["supernet.distinct_networks=true"]).supernet.distinct_networks

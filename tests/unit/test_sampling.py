@@ -75,3 +75,46 @@ def test_constraint_sampler_falls_back_after_the_cap():
     arch = sampler.sample()
     assert arch is not None and sampler.fallbacks == 1
     assert sampler.stats()["sampler_fallbacks"] == 1
+
+
+def test_distinct_network_sampling_draws_every_network_equally_often():
+    """De-isomorphic sampling: on NAS-Bench-201 uniform labelings train the network that 125
+    cells collapse to (nothing reaches the output) 125 times as often as a network with one
+    labeling; drawn over distinct networks, every network is about equally likely."""
+    import spos.spaces.catalog  # noqa: F401  (registers nb201 and its canonical form)
+    from spos.space import create_space
+
+    space = create_space("nb201")
+    dead = space.canonical(space.arch(["nor_conv_3x3", "skip_connect", "avg_pool_3x3", "none", "none", "none"]))
+    counts = {}
+    for distinct in (False, True):
+        sampler = create_sampler("uniform", space, make_rng(0, "deiso"), distinct_networks=distinct)
+        draws = [sampler.sample() for _ in range(20000)]
+        counts[distinct] = Counter(space.canonical(a) for a in draws)
+        if distinct:
+            assert all(space.canonical(a) == a for a in draws)  # only representatives are drawn
+    assert counts[False][dead] > 100  # 125 / 15,625 of 20,000 draws = 160 expected
+    assert counts[True][dead] < 10  # 1 / 12,205 of them: about 2
+    # Resuming gives the same draws (the rejection loop uses only the sampler's RNG).
+    sampler = create_sampler("uniform", space, make_rng(1, "deiso"), distinct_networks=True)
+    sampler.sample()
+    state = sampler.state_dict()
+    straight = [sampler.sample() for _ in range(20)]
+    restored = create_sampler("uniform", space, make_rng(7, "x"), distinct_networks=True)
+    restored.load_state_dict(state)
+    assert [restored.sample() for _ in range(20)] == straight
+
+
+def test_distinct_network_sampling_is_plain_uniform_without_a_canonical_form():
+    plain = create_sampler("uniform", SPACE, make_rng(3, "p"))
+    distinct = create_sampler("uniform", SPACE, make_rng(3, "p"), distinct_networks=True)
+    assert [plain.sample() for _ in range(50)] == [distinct.sample() for _ in range(50)]
+
+
+def test_distinct_network_sampling_refuses_the_fair_sampler():
+    import pytest
+
+    from spos.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="uniform and constraint"):
+        create_sampler("fair", SPACE, make_rng(0, "f"), distinct_networks=True)

@@ -248,6 +248,7 @@ def run(
         flops_range=flops_range,
         bins=cfg.flops_bins,
         max_tries=cfg.sampler_max_tries,
+        distinct_networks=cfg.distinct_networks,
         schedule=(
             ChoiceSchedule(
                 space,
