@@ -50,6 +50,9 @@ class _Exploit:
         return (os.system, ("echo pwned > /dev/null",))
 
 
+# The raw pickle below is written with Python's default protocol (4); torch's safe unpickler
+# warns that it expected 2 before refusing the file, which is the behaviour under test.
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_arbitrary_objects_are_refused(tmp_path):
     path = tmp_path / "evil.ckpt"
     with path.open("wb") as handle:
