@@ -91,7 +91,13 @@ def _probe_images_per_s(config, runtime, *, steps: int = 25) -> float:
 
 
 def run_variant(
-    name: str, minutes: float, num_archs: int, overrides: list[str], reuse: str | None, steps: int | None = None
+    name: str,
+    minutes: float,
+    num_archs: int,
+    overrides: list[str],
+    reuse: str | None,
+    steps: int | None = None,
+    snapshot: Path | None = None,
 ) -> dict:
     from spos.arch import Arch
     from spos.dist import Runtime
@@ -109,10 +115,17 @@ def run_variant(
         run_dir.mkdir(parents=True, exist_ok=True)
         # rank/scores.jsonl: the source's scores are reused only where the scoring settings match
         for item in ("supernet.ckpt", "metrics.jsonl", "summary.json", "rank/scores.jsonl"):
-            if (source / item).exists() and not (run_dir / item).exists():
+            origin = snapshot if (snapshot and item == "supernet.ckpt") else source / item
+            if origin.exists() and not (run_dir / item).exists():
                 (run_dir / item).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source / item, run_dir / item)
+                shutil.copy2(origin, run_dir / item)
         supernet_summary = json.loads((source / "summary.json").read_text())["supernet"]
+        if snapshot:  # an earlier checkpoint of the source run (same schedule, fewer steps done)
+            from spos.checkpoint import load_checkpoint
+
+            done = int(load_checkpoint(run_dir / "supernet.ckpt", kind="supernet")["step"])
+            seconds = supernet_summary["train_seconds"] * done / supernet_summary["steps"]
+            supernet_summary = {**supernet_summary, "steps": done, "images_seen": done * config.supernet.batch_size, "train_seconds": round(seconds, 1)}
     else:
         if not (run_dir / "supernet.ckpt").exists():
             if steps is None:  # a CPU budget: set the step count from a throughput probe
@@ -156,6 +169,7 @@ def run_variant(
         "command": " ".join([sys.executable.replace(str(ROOT) + "/", ""), "benchmarks/nb201_cifar10.py", *sys.argv[1:]]),
         "overrides": overrides,
         "reuses_supernet_of": reuse,
+        "snapshot_step": supernet_summary["steps"] if snapshot else None,
         "layout": dict(space.layout),
         "supernet": {
             "steps": supernet_summary["steps"],
@@ -169,7 +183,8 @@ def run_variant(
             "panel_tau_curve": curve,
         },
         "rank": {k: ranked[k] for k in ("num_archs", "kendall_tau", "spearman_rho", "precision_at_5pct", "precision_at_10pct", "score_metric", "recalibrate_images", "val_images", "supernet_top_arch", "supernet_top_arch_true_value")}
-        | {"option_bias": ranked.get("option_bias")},  # which ops the supernet over/under-rates
+        | {"option_bias": ranked.get("option_bias")}  # which ops the supernet over/under-rates
+        | {"cost_baselines": ranked.get("cost_baselines")},  # ranking by params / FLOPs alone
         "search": {
             "evolution": chosen(searched, run_dir / "arch.json"),
             "random": chosen(searched["baseline"], run_dir / "baseline" / "arch.json") if "baseline" in searched else None,
@@ -208,18 +223,21 @@ def write_table() -> Path:
         "Ground truth: `cifar10valid_valid_acc` of `../shared/data/nb201/nb201_tss.csv` (best in the",
         "space 91.61%). Supernets trained on the CIFAR-10 JPEG zip split 25k train / 25k validation",
         "(stratified, seeded; NB201's own split is not published with the zip). Rank correlations over",
-        "`num_archs` architectures drawn uniformly, one per isomorphism class. Written by",
+        "`num_archs` architectures drawn uniformly, one per isomorphism class; the last column ranks the",
+        "same architectures by parameter count alone (no training), the baseline to beat. Written by",
         "`benchmarks/nb201_cifar10.py`; one JSON per variant under `benchmarks/results/nb201/`.",
         "",
-        "| variant | skeleton C/N | steps (epochs of 25k) | train min | score | recal/val imgs | archs | Kendall tau | Spearman rho | P@5% | P@10% | evolution pick: true acc | random pick: true acc |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| variant | skeleton C/N | steps (epochs of 25k) | train min | score | recal/val imgs | archs | Kendall tau | Spearman rho | P@5% | P@10% | evolution pick: true acc | random pick: true acc | tau of params alone |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         s, k, q = r["supernet"], r["rank"], r["search"]
         layout = r["layout"]
         lines.append(
             "| " + " | ".join([
-                r["name"] + (f" (reuses {r['reuses_supernet_of']})" if r.get("reuses_supernet_of") else ""),
+                r["name"]
+                + (f" (reuses {r['reuses_supernet_of']}" if r.get("reuses_supernet_of") else "")
+                + (f" at step {r['snapshot_step']})" if r.get("snapshot_step") else (")" if r.get("reuses_supernet_of") else "")),
                 f"{layout['channels']}/{layout['cells_per_stage']}",
                 f"{s['steps']} ({s['epochs_of_25k']})",
                 _fmt(s["train_seconds"] / 60, 1),
@@ -232,6 +250,7 @@ def write_table() -> Path:
                 _fmt(k["precision_at_10pct"], 2),
                 _fmt(q["evolution"]["true_acc"], 2),
                 _fmt(q["random"]["true_acc"], 2) if q["random"] else "-",
+                _fmt(((k.get("cost_baselines") or {}).get("params") or {}).get("kendall_tau")),
             ]) + " |"
         )
     lines += ["", "Commands:", ""] + [f"- `{r['name']}`: `{r['command']}`" for r in rows] + [""]
@@ -250,6 +269,10 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=None, help="fixed supernet steps (overrides --minutes; equal-step ablations)")
     parser.add_argument("--num-archs", type=int, default=200, help="architectures ranked")
     parser.add_argument("--reuse", default=None, help="rescore the supernet of another variant (no training)")
+    parser.add_argument(
+        "--snapshot", type=Path, default=None,
+        help="with --reuse: score this earlier checkpoint of that variant's run instead of its last",
+    )
     parser.add_argument("--table", action="store_true", help="only rebuild the ablation table")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides")
     args = parser.parse_args()
@@ -258,7 +281,9 @@ def main() -> int:
             if not path.exists():
                 print(f"missing {path}: this benchmark needs the shared NB201 CSV and CIFAR-10 zip", file=sys.stderr)
                 return 2
-        result = run_variant(args.name, args.minutes, args.num_archs, args.overrides, args.reuse, args.steps)
+        if args.snapshot and not args.reuse:
+            parser.error("--snapshot needs --reuse NAME (the run it was taken from)")
+        result = run_variant(args.name, args.minutes, args.num_archs, args.overrides, args.reuse, args.steps, args.snapshot)
         print(json.dumps({k: result[k] for k in ("name", "rank", "search", "seconds")}, indent=2))
     print(f"table: {write_table()}")
     return 0
