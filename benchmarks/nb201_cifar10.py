@@ -98,6 +98,7 @@ def run_variant(
     reuse: str | None,
     steps: int | None = None,
     snapshot: Path | None = None,
+    with_search: bool = True,
 ) -> dict:
     from spos.arch import Arch
     from spos.dist import Runtime
@@ -141,7 +142,7 @@ def run_variant(
     trained = time.perf_counter()
     ranked = rank.run(config, run_dir, runtime=runtime, ground_truth=CSV, column=COLUMN, num_archs=num_archs)
     ranked_at = time.perf_counter()
-    searched = search.run(config, run_dir, runtime=runtime)
+    searched = search.run(config, run_dir, runtime=runtime) if with_search else None
     done = time.perf_counter()
 
     space = build_space(config)
@@ -180,6 +181,7 @@ def run_variant(
             "lr": config.supernet.lr,
             "schedule": config.supernet.schedule,
             "sampler": config.supernet.sampler,
+            "distinct_networks": config.supernet.distinct_networks,
             "panel_tau_curve": curve,
         },
         "rank": {k: ranked[k] for k in ("num_archs", "kendall_tau", "spearman_rho", "precision_at_5pct", "precision_at_10pct", "score_metric", "recalibrate_images", "val_images", "supernet_top_arch", "supernet_top_arch_true_value")}
@@ -189,7 +191,9 @@ def run_variant(
             "evolution": chosen(searched, run_dir / "arch.json"),
             "random": chosen(searched["baseline"], run_dir / "baseline" / "arch.json") if "baseline" in searched else None,
             "true_best_in_space": truth.best(),
-        },
+        }
+        if searched is not None
+        else None,
         "seconds": {
             "supernet": round(trained - started, 1),
             "rank": round(ranked_at - trained, 1),
@@ -248,8 +252,8 @@ def write_table() -> Path:
                 _fmt(k["spearman_rho"]),
                 _fmt(k["precision_at_5pct"], 2),
                 _fmt(k["precision_at_10pct"], 2),
-                _fmt(q["evolution"]["true_acc"], 2),
-                _fmt(q["random"]["true_acc"], 2) if q["random"] else "-",
+                _fmt(q["evolution"]["true_acc"], 2) if q else "-",
+                _fmt(q["random"]["true_acc"], 2) if q and q["random"] else "-",
                 _fmt(((k.get("cost_baselines") or {}).get("params") or {}).get("kendall_tau")),
             ]) + " |"
         )
@@ -274,6 +278,7 @@ def main() -> int:
         help="with --reuse: score this earlier checkpoint of that variant's run instead of its last",
     )
     parser.add_argument("--table", action="store_true", help="only rebuild the ablation table")
+    parser.add_argument("--no-search", action="store_true", help="rank only: skip evolution and random search")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides")
     args = parser.parse_args()
     if not args.table:
@@ -283,7 +288,7 @@ def main() -> int:
                 return 2
         if args.snapshot and not args.reuse:
             parser.error("--snapshot needs --reuse NAME (the run it was taken from)")
-        result = run_variant(args.name, args.minutes, args.num_archs, args.overrides, args.reuse, args.steps, args.snapshot)
+        result = run_variant(args.name, args.minutes, args.num_archs, args.overrides, args.reuse, args.steps, args.snapshot, not args.no_search)
         print(json.dumps({k: result[k] for k in ("name", "rank", "search", "seconds")}, indent=2))
     print(f"table: {write_table()}")
     return 0

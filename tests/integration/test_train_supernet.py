@@ -172,3 +172,31 @@ def test_grad_clip_scales_the_step_to_the_clip_norm(tmp_path):
 def test_negative_grad_clip_is_one_clear_error(tmp_path):
     result = run_cli("train-supernet", "--config", str(SMOKE), "--out", str(tmp_path / "r"), "supernet.grad_clip=-1")
     assert result.returncode == 2 and "supernet.grad_clip" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_schedule_steps_stops_training_before_the_rate_reaches_zero(tmp_path):
+    """steps=6 of an 8-step cosine schedule: the rates logged are those of the longer schedule's
+    first six steps, i.e. training stops at a rate of peak * (1 + cos(5/8 pi)) / 2, not at 0."""
+    import math
+
+    peak = 0.1
+    common = ["supernet.log_every=1", "supernet.eval_every=0", "supernet.warmup_steps=0",
+              "supernet.schedule=cosine", f"supernet.lr={peak}"]
+    config = load_config(SMOKE, [*common, "supernet.steps=6", "supernet.schedule_steps=8"])
+    train_supernet.run(config, tmp_path / "cut", runtime=Runtime.from_env("cpu", threads=1))
+    rates = [record["lr"] for record in _metrics(tmp_path / "cut") if "lr" in record]
+    assert rates == pytest.approx([0.5 * peak * (1 + math.cos(math.pi * step / 8)) for step in range(6)])
+    assert rates[-1] > 0.3 * peak
+    # Without it the same six steps decay all the way.
+    config = load_config(SMOKE, [*common, "supernet.steps=6"])
+    train_supernet.run(config, tmp_path / "full", runtime=Runtime.from_env("cpu", threads=1))
+    assert [r["lr"] for r in _metrics(tmp_path / "full") if "lr" in r][-1] < 0.1 * peak
+
+
+def test_schedule_shorter_than_training_is_one_clear_error(tmp_path):
+    result = run_cli(
+        "train-supernet", "--config", str(SMOKE), "--out", str(tmp_path / "r"),
+        "supernet.steps=10", "supernet.schedule_steps=5",
+    )
+    assert result.returncode == 2 and "supernet.schedule_steps" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "r" / "supernet.ckpt").exists()

@@ -358,7 +358,9 @@ def run(
     last_panel: dict[str, Any] = {}
     model.train()
     while step < cfg.steps:
-        lr = learning_rate(step, total=cfg.steps, peak=cfg.lr, warmup=cfg.warmup_steps, schedule=cfg.schedule)
+        lr = learning_rate(
+            step, total=cfg.schedule_steps or cfg.steps, peak=cfg.lr, warmup=cfg.warmup_steps, schedule=cfg.schedule
+        )
         for group in optimizer.param_groups:
             group["lr"] = lr
         arch = sampler.sample()
