@@ -14,16 +14,22 @@ One variant = one full measurement, run through the library's own stages:
 Each variant writes ``benchmarks/results/nb201/<name>.json`` (+ the rank scatter PNG); the
 ablation table ``benchmarks/results/nb201_cifar10.md`` is rebuilt from every variant's JSON.
 
-Run the recommended CPU proxy: the benchmark's width (C=16) with one cell per stage (N=1);
-20,000 steps take about 45 minutes on one thread, plus about 10 for ranking and search.
-Width matters (C=8: tau 0.53-0.55; C=16: 0.63-0.64) and, at this budget, depth hurts (C=8,
-N=5: 0.26); see benchmarks/results/nb201/notes.md:
-    .venv/bin/python benchmarks/nb201_cifar10.py --name uniform_20k_s1_c16n1 --steps 20000 \
-        --num-archs 200 threads=1 seed=1 space.layout.channels=16 space.layout.cells_per_stage=1
+Run the recommended CPU proxy: the benchmark's width (C=16) with one cell per stage (N=1),
+stopped at 3/4 of a 20,000-step cosine schedule (the final low-LR quarter makes ranking worse:
+one run's checkpoints ranked at tau 0.676 at 15k and 0.551 at 20k); 15,000 steps take 45-60
+minutes on one thread, plus 10-20 for ranking and search. Width matters (C=8: tau 0.53-0.55;
+C=16: 0.63-0.64 at 20k) and, at this budget, depth hurts (C=8, N=5: 0.26); see
+benchmarks/results/nb201/notes.md:
+    .venv/bin/python benchmarks/nb201_cifar10.py --name uniform_15of20k_c16n1 --steps 15000 \
+        --num-archs 200 threads=1 space.layout.channels=16 space.layout.cells_per_stage=1 \
+        supernet.schedule_steps=20000
 ``--minutes M`` instead of ``--steps`` sets the step count from a throughput probe. Ablation
 variants add dotted config overrides, e.g. ``supernet.sampler=fair``.
 Rescore an existing supernet with other scoring settings (no training):
     .venv/bin/python benchmarks/nb201_cifar10.py --name main_loss --reuse main search.score=loss
+Score an earlier checkpoint of a run (copied from its rolling supernet.ckpt), ranking only:
+    .venv/bin/python benchmarks/nb201_cifar10.py --name deiso_20k_c16n1_at15k --reuse deiso_20k_c16n1 \
+        --snapshot runs/snap/deiso_20k_c16n1_15000.ckpt --no-search <the source's overrides>
 Rebuild the table only:  .venv/bin/python benchmarks/nb201_cifar10.py --table
 """
 

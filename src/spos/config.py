@@ -167,7 +167,9 @@ class SupernetConfig:
     networks, the space's canonical forms (:meth:`spos.space.SearchSpace.canonical`), instead
     of over labelings. On NAS-Bench-201 uniform labelings over-train the few networks that many
     cells collapse to (e.g. every cell whose output node receives nothing); spaces without a
-    canonical form sample as before. Works with the uniform and constraint samplers."""
+    canonical form sample as before. Works with the uniform and constraint samplers. Off by
+    default: on NAS-Bench-201 (C=16, N=1, 20k steps, seed 0) it ranked at Kendall tau 0.551
+    against uniform's 0.629."""
     choice_warmup_steps: int = 0
     """Steps during which choices labelled ``choice_warmup_prefix*`` only take
     ``choice_warmup_option`` (channel search: every block at full width, so narrow paths do not
@@ -190,6 +192,11 @@ class SupernetConfig:
     """Training images for BN recalibration before each panel evaluation."""
     checkpoint_every: int = 200
     """Write a resumable checkpoint every N steps (and at the end)."""
+    keep_checkpoints: list[int] = field(default_factory=list)
+    """Steps whose weights are also kept as ``supernet_step<N>.ckpt`` beside the rolling
+    checkpoint, to score earlier checkpoints with ``spos rank --supernet`` / ``spos search
+    --supernet`` (on NAS-Bench-201 the checkpoint at 3/4 of a cosine schedule ranked better
+    than the final one)."""
     log_every: int = 20
     """Write a metrics line every N steps."""
     channels_last: bool = True
@@ -221,6 +228,11 @@ class SupernetConfig:
         _check(self.rank_panel_size >= 2, f"{prefix}.rank_panel_size", "must be at least 2")
         _check(self.flops_bins >= 1, f"{prefix}.flops_bins", "must be at least 1")
         _check(self.sampler_max_tries >= 1, f"{prefix}.sampler_max_tries", "must be at least 1")
+        _check(
+            all(1 <= step <= self.steps for step in self.keep_checkpoints),
+            f"{prefix}.keep_checkpoints",
+            f"must list steps between 1 and supernet.steps ({self.steps})",
+        )
         _check(
             self.schedule_steps is None or self.schedule_steps >= self.steps,
             f"{prefix}.schedule_steps",

@@ -200,3 +200,30 @@ def test_schedule_shorter_than_training_is_one_clear_error(tmp_path):
     )
     assert result.returncode == 2 and "supernet.schedule_steps" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "r" / "supernet.ckpt").exists()
+
+
+def test_kept_checkpoint_is_the_run_that_stops_there_on_the_longer_schedule(tmp_path):
+    """supernet.keep_checkpoints=[4] of a 6-step run keeps the step-4 weights; they are exactly
+    what steps=4 schedule_steps=6 trains (same rates, same paths, same batches)."""
+    from spos.checkpoint import load_checkpoint, state_dict_sha256
+
+    common = ["supernet.eval_every=0", "supernet.checkpoint_every=100", "supernet.schedule=cosine"]
+    runtime = Runtime.from_env("cpu", threads=1)
+    long = tmp_path / "long"
+    train_supernet.run(load_config(SMOKE, [*common, "supernet.steps=6", "supernet.keep_checkpoints=[4]"]), long, runtime=runtime)
+    kept = load_checkpoint(long / "supernet_step4.ckpt", kind="supernet")
+    assert kept["step"] == 4 and load_checkpoint(long / "supernet.ckpt")["step"] == 6
+    short = tmp_path / "short"
+    train_supernet.run(load_config(SMOKE, [*common, "supernet.steps=4", "supernet.schedule_steps=6"]), short, runtime=runtime)
+    stopped = load_checkpoint(short / "supernet.ckpt", kind="supernet")
+    assert state_dict_sha256(kept["state"]["model"]) == state_dict_sha256(stopped["state"]["model"])
+    final = load_checkpoint(long / "supernet.ckpt", kind="supernet")
+    assert state_dict_sha256(final["state"]["model"]) != state_dict_sha256(kept["state"]["model"])
+
+
+def test_keep_checkpoints_beyond_training_is_one_clear_error(tmp_path):
+    result = run_cli(
+        "train-supernet", "--config", str(SMOKE), "--out", str(tmp_path / "r"),
+        "supernet.steps=10", "supernet.keep_checkpoints=[5, 20]",
+    )
+    assert result.returncode == 2 and "supernet.keep_checkpoints" in result.stderr and "Traceback" not in result.stderr

@@ -3,7 +3,8 @@
 Recipe: prepare data and space, build the supernet, resume from ``supernet.ckpt`` if present,
 then for every step sample a path, take an SGD step on it alone, log, evaluate the fixed
 panel now and then, and checkpoint atomically. Writes ``config.yaml``, ``metrics.jsonl``,
-``tensorboard/``, ``supernet.ckpt`` and, at the end, its ``summary.json`` section.
+``tensorboard/``, ``supernet.ckpt`` (plus ``supernet_step<N>.ckpt`` for the steps in
+``supernet.keep_checkpoints``) and, at the end, its ``summary.json`` section.
 
 Resuming is exact on CPU: the checkpoint holds the model, optimiser, sampler (RNG and
 coverage), data stream position and torch RNG, and per-batch augmentation is seeded from the
@@ -311,11 +312,11 @@ def run(
         else None
     )
 
-    def save(at_step: int) -> None:
+    def save(at_step: int, path: Path = checkpoint_path) -> None:
         if not runtime.is_main:
             return
         save_checkpoint(
-            checkpoint_path,
+            path,
             kind="supernet",
             space=space,
             config=config_to_dict(config),
@@ -356,6 +357,7 @@ def run(
     window = TrainingWindow(train_seconds)
     autocast = runtime.autocast(cfg.amp)
     last_panel: dict[str, Any] = {}
+    keep = set(cfg.keep_checkpoints)
     model.train()
     while step < cfg.steps:
         lr = learning_rate(
@@ -396,7 +398,9 @@ def run(
         if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
             last_panel = evaluate_panel(step) or last_panel
             window.restart_clock()  # panel time is not training time
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        if step in keep:  # before the rolling one: a kill in between redoes this step
+            save(step, run_dir / f"supernet_step{step}.ckpt")
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or step in keep:
             save(step)
     bar.close()
 
