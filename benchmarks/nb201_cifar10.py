@@ -27,9 +27,10 @@ benchmarks/results/nb201/notes.md:
 variants add dotted config overrides, e.g. ``supernet.sampler=fair``.
 Rescore an existing supernet with other scoring settings (no training):
     .venv/bin/python benchmarks/nb201_cifar10.py --name main_loss --reuse main search.score=loss
-Score an earlier checkpoint of a run (copied from its rolling supernet.ckpt), ranking only:
-    .venv/bin/python benchmarks/nb201_cifar10.py --name deiso_20k_c16n1_at15k --reuse deiso_20k_c16n1 \
-        --snapshot runs/snap/deiso_20k_c16n1_15000.ckpt --no-search <the source's overrides>
+Score an earlier checkpoint of a run (train it with "supernet.keep_checkpoints=[15000]"),
+ranking only, with the source run's overrides:
+    .venv/bin/python benchmarks/nb201_cifar10.py --name NAME_at15k --reuse NAME --no-search \
+        --snapshot runs/bench/nb201/NAME/supernet_step15000.ckpt <the overrides of NAME>
 Rebuild the table only:  .venv/bin/python benchmarks/nb201_cifar10.py --table
 """
 
