@@ -223,6 +223,15 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _variant_label(result: dict) -> str:
+    """The variant's name, with the run whose supernet it rescored (and the snapshot step)."""
+    source = result.get("reuses_supernet_of")
+    if not source:
+        return result["name"]
+    step = f" at step {result['snapshot_step']}" if result.get("snapshot_step") else ""
+    return f"{result['name']} (reuses {source}{step})"
+
+
 def write_table() -> Path:
     rows = []
     for path in sorted((RESULTS / "nb201").glob("*.json")):
@@ -246,9 +255,7 @@ def write_table() -> Path:
         layout = r["layout"]
         lines.append(
             "| " + " | ".join([
-                r["name"]
-                + (f" (reuses {r['reuses_supernet_of']}" if r.get("reuses_supernet_of") else "")
-                + (f" at step {r['snapshot_step']})" if r.get("snapshot_step") else (")" if r.get("reuses_supernet_of") else "")),
+                _variant_label(r),
                 f"{layout['channels']}/{layout['cells_per_stage']}",
                 f"{s['steps']} ({s['epochs_of_25k']})",
                 _fmt(s["train_seconds"] / 60, 1),

@@ -171,15 +171,14 @@ class PathSampler(abc.ABC):
 
     def _uniform(self) -> Arch:
         """A uniform path: over labelings, or over distinct networks when asked."""
-        arch = self._labeling()
-        if not self.distinct_networks:
-            return arch
         for _ in range(self.DISTINCT_MAX_TRIES):
+            arch = self._labeling()
+            if not self.distinct_networks:
+                return arch
             canonical = self.space.canonical(arch)
             if canonical == arch:
                 return arch
-            arch = self._labeling()
-        return self.space.canonical(arch)
+        return canonical
 
     def sample(self) -> Arch:
         """The path for the next optimiser step (recorded in the coverage counts)."""
