@@ -114,7 +114,8 @@ def run_variant(
     from spos.stages.common import build_space
 
     run_dir = ROOT / "runs" / "bench" / "nb201" / name
-    config = _load(overrides)
+    # a fixed step count goes in from the start: options checked against it (keep_checkpoints) validate
+    config = _load([*overrides, f"supernet.steps={steps}"] if steps else overrides)
     runtime = Runtime.from_env(config.device, threads=config.threads)
     started = time.perf_counter()
     probe = None
@@ -302,7 +303,13 @@ def main() -> int:
                 return 2
         if args.snapshot and not args.reuse:
             parser.error("--snapshot needs --reuse NAME (the run it was taken from)")
-        result = run_variant(args.name, args.minutes, args.num_archs, args.overrides, args.reuse, args.steps, args.snapshot, not args.no_search)
+        from spos.errors import SposError
+
+        try:
+            result = run_variant(args.name, args.minutes, args.num_archs, args.overrides, args.reuse, args.steps, args.snapshot, not args.no_search)
+        except SposError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         print(json.dumps({k: result[k] for k in ("name", "rank", "search", "seconds")}, indent=2))
     print(f"table: {write_table()}")
     return 0
