@@ -14,15 +14,14 @@ One variant = one full measurement, run through the library's own stages:
 Each variant writes ``benchmarks/results/nb201/<name>.json`` (+ the rank scatter PNG); the
 ablation table ``benchmarks/results/nb201_cifar10.md`` is rebuilt from every variant's JSON.
 
-Run the recommended CPU proxy: the benchmark's width (C=16) with one cell per stage (N=1),
-stopped at 3/4 of a 20,000-step cosine schedule (the final low-LR quarter makes ranking worse:
-one run's checkpoints ranked at tau 0.676 at 15k and 0.551 at 20k); 15,000 steps take 45-60
-minutes on one thread, plus 10-20 for ranking and search. Width matters (C=8: tau 0.53-0.55;
-C=16: 0.63-0.64 at 20k) and, at this budget, depth hurts (C=8, N=5: 0.26); see
-benchmarks/results/nb201/notes.md:
-    .venv/bin/python benchmarks/nb201_cifar10.py --name uniform_15of20k_c16n1 --steps 15000 \
-        --num-archs 200 threads=1 space.layout.channels=16 space.layout.cells_per_stage=1 \
-        supernet.schedule_steps=20000
+Run the recommended CPU proxy: the benchmark's width (C=16) with one cell per stage (N=1) for
+20,000 steps (tau 0.63-0.64 over two seeds; 45-80 minutes on one thread, plus 10-20 for
+ranking and search). Width matters (C=8: tau 0.53-0.55) and, at this budget, depth hurts
+(C=8, N=5: 0.26); stopping at 3/4 of the schedule (``--steps 15000
+supernet.schedule_steps=20000``) ranked at 0.676 for one de-isomorphic run but 0.479 / 0.614
+for uniform sampling on seeds 0 / 1. See benchmarks/results/nb201/notes.md:
+    .venv/bin/python benchmarks/nb201_cifar10.py --name uniform_20k_c16n1 --steps 20000 \
+        --num-archs 200 threads=1 space.layout.channels=16 space.layout.cells_per_stage=1
 ``--minutes M`` instead of ``--steps`` sets the step count from a throughput probe. Ablation
 variants add dotted config overrides, e.g. ``supernet.sampler=fair``.
 Rescore an existing supernet with other scoring settings (no training):
@@ -119,6 +118,7 @@ def run_variant(
     runtime = Runtime.from_env(config.device, threads=config.threads)
     started = time.perf_counter()
     probe = None
+    averaged_from = None  # the steps a weight-averaged snapshot (benchmarks/average_weights.py) averages
     if reuse:
         source = ROOT / "runs" / "bench" / "nb201" / reuse
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -132,7 +132,8 @@ def run_variant(
         if snapshot:  # an earlier checkpoint of the source run (same schedule, fewer steps done)
             from spos.checkpoint import load_checkpoint
 
-            done = int(load_checkpoint(run_dir / "supernet.ckpt", kind="supernet")["step"])
+            payload = load_checkpoint(run_dir / "supernet.ckpt", kind="supernet")
+            done, averaged_from = int(payload["step"]), payload["state"].get("averaged_from_steps")
             seconds = supernet_summary["train_seconds"] * done / supernet_summary["steps"]
             supernet_summary = {**supernet_summary, "steps": done, "images_seen": done * config.supernet.batch_size, "train_seconds": round(seconds, 1)}
     else:
@@ -179,6 +180,7 @@ def run_variant(
         "overrides": overrides,
         "reuses_supernet_of": reuse,
         "snapshot_step": supernet_summary["steps"] if snapshot else None,
+        "snapshot_averaged_from_steps": averaged_from,
         "layout": dict(space.layout),
         "supernet": {
             "steps": supernet_summary["steps"],
@@ -230,6 +232,8 @@ def _variant_label(result: dict) -> str:
     if not source:
         return result["name"]
     step = f" at step {result['snapshot_step']}" if result.get("snapshot_step") else ""
+    if result.get("snapshot_averaged_from_steps"):
+        step = f", weights averaged over steps {'/'.join(map(str, result['snapshot_averaged_from_steps']))}"
     return f"{result['name']} (reuses {source}{step})"
 
 
@@ -272,7 +276,10 @@ def write_table() -> Path:
                 _fmt(((k.get("cost_baselines") or {}).get("params") or {}).get("kendall_tau")),
             ]) + " |"
         )
-    lines += ["", "Commands:", ""] + [f"- `{r['name']}`: `{r['command']}`" for r in rows] + [""]
+    lines += ["", "Commands:", ""] + [
+        f"- `{r['name']}`: " + (f"`{r['snapshot_made_by']}`, then " if r.get("snapshot_made_by") else "") + f"`{r['command']}`"
+        for r in rows
+    ] + [""]
     notes = RESULTS / "nb201" / "notes.md"  # hand-written findings, kept next to the data
     if notes.exists():
         lines += [notes.read_text().rstrip(), ""]

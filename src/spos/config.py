@@ -140,10 +140,10 @@ class SupernetConfig:
     """Linear warm-up steps from 0 to the peak learning rate."""
     schedule_steps: int | None = None
     """Length of the learning-rate schedule; None: ``steps``. Set it above ``steps`` to stop
-    training before the rate has decayed to 0: on NAS-Bench-201 the last quarter of a cosine
-    schedule made the supernet rank architectures worse (a 20k-step supernet's checkpoint at
-    15k ranked at Kendall tau 0.676, its final one at 0.551; benchmarks/results/nb201/notes.md),
-    so ``steps=15000 schedule_steps=20000`` trains just that checkpoint in 3/4 of the time."""
+    training before the rate has decayed to 0 (``steps=15000 schedule_steps=20000`` trains
+    exactly the 15k checkpoint of a 20k-step run, in 3/4 of the time). On NAS-Bench-201 that
+    was not reliably better: 0.676 for one run, 0.479 and 0.614 for two others
+    (benchmarks/results/nb201/notes.md)."""
     grad_clip: float = 0.0
     """Clip each step's gradient norm (over the sampled path) to this value; 0 turns it off.
     Paths of one supernet can differ a lot in activation scale (a cell of skips and sums
