@@ -227,14 +227,16 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def _variant_label(result: dict) -> str:
-    """The variant's name, with the run whose supernet it rescored (and the snapshot step)."""
+    """The variant's name, with the run whose supernet it rescored (and which snapshot of it)."""
     source = result.get("reuses_supernet_of")
     if not source:
         return result["name"]
-    step = f" at step {result['snapshot_step']}" if result.get("snapshot_step") else ""
-    if result.get("snapshot_averaged_from_steps"):
-        step = f", weights averaged over steps {'/'.join(map(str, result['snapshot_averaged_from_steps']))}"
-    return f"{result['name']} (reuses {source}{step})"
+    averaged = result.get("snapshot_averaged_from_steps")
+    if averaged:
+        source += f", weights averaged over steps {'/'.join(map(str, averaged))}"
+    elif result.get("snapshot_step"):
+        source += f" at step {result['snapshot_step']}"
+    return f"{result['name']} (reuses {source})"
 
 
 def write_table() -> Path:
