@@ -11,8 +11,9 @@ One variant = one full measurement, run through the library's own stages:
 3. ``spos search``: evolutionary search and random search with the same evaluation budget, and
    the ground-truth accuracy of each one's chosen architecture.
 
-Each variant writes ``benchmarks/results/nb201/<name>.json`` (+ the rank scatter PNG); the
-ablation table ``benchmarks/results/nb201_cifar10.md`` is rebuilt from every variant's JSON.
+Each variant writes ``benchmarks/results/nb201/<name>.json`` (+ the rank scatter PNG and the
+per-architecture scores, ``<name>_scores.csv``); the ablation table
+``benchmarks/results/nb201_cifar10.md`` is rebuilt from every variant's JSON.
 
 Run the recommended CPU proxy: the benchmark's width (C=16) with one cell per stage (N=1) for
 20,000 steps (tau 0.63-0.64 over two seeds; 45-80 minutes on one thread, plus 10-20 for
@@ -215,6 +216,8 @@ def run_variant(
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     shutil.copy2(run_dir / "rank" / "scatter.png", out / f"{name}_scatter.png")
+    # the per-architecture scores outlive runs/ (git-ignored), so later diagnostics need no rescoring
+    shutil.copy2(run_dir / "rank" / "scores.csv", out / f"{name}_scores.csv")
     return result
 
 

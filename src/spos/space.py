@@ -237,7 +237,9 @@ class SearchSpace:
         """Parse an architecture given on a command line.
 
         Accepts a path to an ``arch.json``, inline JSON (``{"label": value, ...}``), the
-        official comma-separated index tuple (``2,1,0,1,...``, brackets optional), or a
+        official comma-separated index tuple (``2,1,0,1,...``, brackets optional), the
+        comma-separated option values :meth:`Arch.short` prints (``rank/scores.csv`` lists
+        architectures that way; text of integers only is read as indices), or a
         family's own text form registered with :func:`register_arch_parser` (e.g. a
         NAS-Bench-201 ``arch_str``).
         """
@@ -266,14 +268,32 @@ class SearchSpace:
             if parsed is not None:
                 return self.validate(parsed)
         body = text.strip("()[] ")
+        parts = [part.strip() for part in body.split(",") if part.strip()]
         try:
-            indices = [int(part) for part in body.split(",") if part.strip()]
+            indices = [int(part) for part in parts]
         except ValueError:
-            raise ArchError(
-                f"cannot read architecture {text[:80]!r}: give an arch.json path, JSON "
-                f"{{label: value}}, or {len(self.choices)} comma-separated option indices"
-            ) from None
+            by_values = self._from_value_names(parts)
+            if by_values is None:
+                raise ArchError(
+                    f"cannot read architecture {text[:80]!r}: give an arch.json path, JSON "
+                    f"{{label: value}}, {len(self.choices)} comma-separated option indices, or "
+                    f"the {len(self.choices)} comma-separated option values that Arch.short() prints"
+                ) from None
+            return by_values
         return self.from_indices(indices)
+
+    def _from_value_names(self, parts: Sequence[str]) -> Arch | None:
+        """The architecture whose values print as ``parts`` (the :meth:`Arch.short` form), or
+        None. All-integer text is read as indices before this is tried."""
+        if len(parts) != len(self.choices):
+            return None
+        values = []
+        for c, part in zip(self.choices, parts, strict=True):
+            matches = [option for option in c.options if str(option) == part]
+            if len(matches) != 1:
+                return None
+            values.append(matches[0])
+        return self.arch(values)
 
     # ----------------------------------------------------------------- random operators
     def canonical(self, arch: Arch) -> Arch:

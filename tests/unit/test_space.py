@@ -38,6 +38,17 @@ def test_official_tuple_form_round_trips():
     assert space.parse("(2, 1, 0, 1, 2, 0, 2, 0, 2, 0, 2, 3, 0, 0, 0, 0, 3, 2, 3, 3)") == arch
 
 
+def test_short_form_of_option_values_round_trips():
+    # rank/scores.csv lists architectures as Arch.short() prints them; parse reads that back
+    arch = TOY.arch(["c", "a", "b", "a", 4])
+    assert arch.short() == "c,a,b,a,4"
+    assert TOY.parse(arch.short()) == arch
+    # text of integers only stays the official index form
+    assert TOY.parse("2,0,1,0,1") == arch
+    with pytest.raises(ArchError, match="option values that Arch.short"):
+        TOY.parse("c,a,b,a,3")
+
+
 def test_arch_json_round_trip_and_validation(tmp_path):
     arch = TOY.arch(["a", "b", "c", "a", 8])
     path = tmp_path / "arch.json"
