@@ -16,8 +16,8 @@ per-architecture scores, ``<name>_scores.csv``); the ablation table
 ``benchmarks/results/nb201_cifar10.md`` is rebuilt from every variant's JSON.
 
 Run the recommended CPU proxy: the benchmark's width (C=16) with one cell per stage (N=1) for
-20,000 steps (tau 0.63-0.64 over two seeds; 45-80 minutes on one thread, plus 10-20 for
-ranking and search). Width matters (C=8: tau 0.53-0.55) and, at this budget, depth hurts
+20,000 steps (tau 0.53-0.64 over four seeds, mean 0.61; 45-80 minutes on one thread, plus
+10-20 for ranking and search). Width matters (C=8: tau 0.53-0.55) and, at this budget, depth hurts
 (C=8, N=5: 0.26); stopping at 3/4 of the schedule (``--steps 15000
 supernet.schedule_steps=20000``) ranked at 0.676 for one de-isomorphic run but 0.479 / 0.614
 for uniform sampling on seeds 0 / 1. See benchmarks/results/nb201/notes.md:
