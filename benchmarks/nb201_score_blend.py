@@ -70,7 +70,7 @@ def main() -> int:
     rows: list[dict] = []
 
     def add(label: str, truth: np.ndarray, predicted: np.ndarray, archs: list[str]) -> None:
-        figures = rank_correlations(list(truth), list(predicted))
+        figures = rank_correlations(truth, predicted)
         best = int(np.argmax(predicted))
         rows.append({"variant": label, **{k: round(v, 4) for k, v in figures.items()}, "top_arch_true": float(truth[best]), "top_arch": archs[best]})
 

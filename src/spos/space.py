@@ -273,13 +273,13 @@ class SearchSpace:
             indices = [int(part) for part in parts]
         except ValueError:
             by_values = self._from_value_names(parts)
-            if by_values is None:
-                raise ArchError(
-                    f"cannot read architecture {text[:80]!r}: give an arch.json path, JSON "
-                    f"{{label: value}}, {len(self.choices)} comma-separated option indices, or "
-                    f"the {len(self.choices)} comma-separated option values that Arch.short() prints"
-                ) from None
-            return by_values
+            if by_values is not None:
+                return by_values
+            raise ArchError(
+                f"cannot read architecture {text[:80]!r}: give an arch.json path, JSON "
+                f"{{label: value}}, {len(self.choices)} comma-separated option indices, or "
+                f"the {len(self.choices)} comma-separated option values that Arch.short() prints"
+            ) from None
         return self.from_indices(indices)
 
     def _from_value_names(self, parts: Sequence[str]) -> Arch | None:
