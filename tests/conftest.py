@@ -32,3 +32,14 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subpro
 @pytest.fixture
 def smoke_config() -> Path:
     return SMOKE
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Every test under tests/integration/ (end-to-end pipelines, subprocesses, SIGKILL) and
+    tests/distributed/ carries the ``integration`` marker, so ``-m "not integration"`` is the
+    fast tier for contributors."""
+    del config
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        if "integration" in parts or "distributed" in parts:
+            item.add_marker(pytest.mark.integration)
