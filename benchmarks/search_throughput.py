@@ -45,8 +45,9 @@ import torch.nn.functional as F
 
 from spos import create_space, make_rng
 from spos import data as spos_data
-from spos.arch import Arch, atomic_write_text
+from spos.arch import Arch
 from spos.dist import Runtime
+from spos.io import atomic_write_text
 from spos.latency import describe_device, measure_latency_table, validate_latency_table
 from spos.sampling import create_sampler
 from spos.scoring import ArchScorer

@@ -69,8 +69,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from spos import create_space, make_rng
-from spos.arch import Arch, atomic_write_text
+from spos.arch import Arch
 from spos.childnet import build_child
+from spos.io import atomic_write_text
 from spos.space import SearchSpace
 from spos.stages.common import make_sgd
 from spos.supernet import Supernet, build_supernet

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -19,29 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from spos.errors import ArchError
+from spos.io import atomic_write_text
 
-__all__ = ["Arch", "Value", "ARCH_FORMAT", "ARCH_FORMAT_VERSION", "atomic_write_text"]
+__all__ = ["Arch", "Value", "ARCH_FORMAT", "ARCH_FORMAT_VERSION"]
 
 Value = str | int | float
 ARCH_FORMAT = "spos.arch"
 ARCH_FORMAT_VERSION = 1
 
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` so readers see the old file or the new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; run files are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)

@@ -530,6 +530,6 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 def save_config(config: RunConfig, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
-    from spos.arch import atomic_write_text
+    from spos.io import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))

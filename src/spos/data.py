@@ -34,7 +34,6 @@ import math
 import os
 import pickle
 import struct
-import tempfile
 import threading
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -49,6 +48,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from spos.errors import ConfigError, DataError
+from spos.io import atomic_write_bytes
 
 __all__ = [
     "ArrayDataset",
@@ -890,18 +890,6 @@ def source_fingerprint(paths: Sequence[str | os.PathLike[str]]) -> str:
     return hashlib.sha256(json.dumps(records).encode()).hexdigest()
 
 
-def _atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
 
 def _read_cache(stem: Path, fingerprint: str) -> ArrayDataset | None:
     meta_path = stem.with_name(stem.name + ".json")
@@ -938,11 +926,11 @@ def _write_cache(stem: Path, dataset: ArrayDataset, *, fingerprint: str, source:
     }
     try:
         stem.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write_bytes(stem.with_name(stem.name + ".images.npy"), lambda h: np.save(h, images))
-        _atomic_write_bytes(stem.with_name(stem.name + ".labels.npy"), lambda h: np.save(h, labels))
+        atomic_write_bytes(stem.with_name(stem.name + ".images.npy"), lambda h: np.save(h, images))
+        atomic_write_bytes(stem.with_name(stem.name + ".labels.npy"), lambda h: np.save(h, labels))
         # The json is written last: it is what marks the cache entry as complete.
         text = json.dumps(meta, indent=1).encode()
-        _atomic_write_bytes(stem.with_name(stem.name + ".json"), lambda h: h.write(text))
+        atomic_write_bytes(stem.with_name(stem.name + ".json"), lambda h: h.write(text))
     except OSError as exc:
         logger.warning("could not write dataset cache %s (%s); continuing without it", stem, exc)
 

@@ -44,9 +44,10 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from spos.arch import Arch, Value, atomic_write_text
+from spos.arch import Arch, Value
 from spos.cost import COST_FORMAT, CostModel
 from spos.errors import ConfigError
+from spos.io import atomic_write_text
 from spos.space import SearchSpace, make_rng
 from spos.stats import kendall_tau, spearman_rho
 

@@ -29,7 +29,6 @@ import math
 import os
 import re
 import statistics
-import tempfile
 import textwrap
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -40,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from spos.evolution import pareto_front
+from spos.io import atomic_write_bytes
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -1540,20 +1540,6 @@ def _render_markdown(
     return "\n".join(parts).rstrip() + "\n"
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` so readers see the old file or the new one, never half of it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be read by others
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
 
 # --------------------------------------------------------------------------- entry point
 
@@ -1562,7 +1548,7 @@ def write_rank_plot(rank: Mapping[str, Any], path: Path) -> Path:
     """Write the supernet-score-against-truth scatter of ``rank`` (``rank/rank.json``'s form:
     ``points`` as ``[true, score]`` pairs plus the correlations) to the PNG ``path``."""
     with _style():
-        _atomic_write_bytes(Path(path), _png_bytes(_plot_rank_scatter(rank)))
+        atomic_write_bytes(Path(path), _png_bytes(_plot_rank_scatter(rank)))
     return Path(path)
 
 
@@ -1604,7 +1590,7 @@ def write_report(run_dir: Path) -> Path:
     written = set()
     for section in builder.sections:
         for plot in section.plots:
-            _atomic_write_bytes(out_dir / plot.filename, plot.png)
+            atomic_write_bytes(out_dir / plot.filename, plot.png)
             written.add(plot.filename)
     for name in _PLOT_FILES:  # a plot of an earlier report whose input is gone would mislead
         if name not in written:
@@ -1626,11 +1612,11 @@ def write_report(run_dir: Path) -> Path:
     ]
     if not run.config:
         tables[1] = ("Settings", ("setting", "value"), [])
-    _atomic_write_bytes(
+    atomic_write_bytes(
         out_dir / "index.html",
         _render_html(title, subtitle, tables, builder.sections).encode("utf-8"),
     )
-    _atomic_write_bytes(
+    atomic_write_bytes(
         out_dir / "README.md",
         _render_markdown(title, subtitle, tables, builder.sections).encode("utf-8"),
     )

@@ -19,10 +19,11 @@ import torch
 from torch import nn
 
 from spos import data as spos_data
-from spos.arch import Arch, atomic_write_text
+from spos.arch import Arch
 from spos.config import DataConfig, RunConfig, save_config
 from spos.dist import Runtime
 from spos.errors import ConfigError, DataError
+from spos.io import atomic_write_text, write_json
 from spos.space import SearchSpace, create_space, make_rng
 
 __all__ = [
@@ -41,7 +42,6 @@ __all__ = [
     "make_sgd",
     "learning_rate",
     "MetricsLog",
-    "write_json",
     "read_summary",
     "update_summary",
     "start_run",
@@ -394,10 +394,6 @@ class MetricsLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-
-
-def write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:

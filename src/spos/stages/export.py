@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from spos.arch import Arch, atomic_write_text
+from spos.arch import Arch
 from spos.checkpoint import load_checkpoint, state_dict_sha256
 from spos.childnet import build_child
 from spos.config import RunConfig
@@ -46,8 +46,9 @@ from spos.cost import CostModel
 from spos.data import LazyImageFolder
 from spos.dist import Runtime
 from spos.errors import CheckpointError, ConfigError, DataError, SposError
+from spos.io import atomic_write_text, write_json
 from spos.space import SearchSpace
-from spos.stages.common import load_test_split, update_summary, write_json
+from spos.stages.common import load_test_split, update_summary
 from spos.stages.retrain import CHECKPOINT_NAME, RETRAIN_DIR
 
 __all__ = ["run", "EXPORT_DIR", "TOLERANCE", "ONNX_OPSET"]

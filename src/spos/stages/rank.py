@@ -22,12 +22,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from spos.arch import Arch, atomic_write_text
+from spos.arch import Arch
 from spos.checkpoint import load_checkpoint
 from spos.config import RunConfig
 from spos.cost import CostModel
 from spos.dist import Runtime
 from spos.groundtruth import GroundTruth
+from spos.io import atomic_write_text, write_json
 from spos.space import make_rng
 from spos.stages.common import (
     ProgressFactory,
@@ -35,7 +36,6 @@ from spos.stages.common import (
     null_progress,
     score_sharded,
     update_summary,
-    write_json,
 )
 from spos.stages.train_supernet import CHECKPOINT_NAME, open_for_scoring
 from spos.stats import option_bias, rank_correlations

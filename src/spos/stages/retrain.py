@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from spos.config import RunConfig, config_to_dict
 from spos.cost import CostModel
 from spos.dist import Runtime
 from spos.errors import ArchError, CheckpointError
+from spos.io import atomic_write_bytes
 from spos.space import SearchSpace
 from spos.stages.common import (
     MetricsLog,
@@ -150,7 +150,7 @@ def evaluate(
 
 def _save_weights(path: Path, child: nn.Module, *, space: SearchSpace, arch: Arch) -> None:
     """Write the child's state dict as safetensors (atomically), space and arch as metadata."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     tensors = {key: value.detach().cpu().contiguous() for key, value in child.state_dict().items()}
     metadata = {
@@ -158,13 +158,7 @@ def _save_weights(path: Path, child: nn.Module, *, space: SearchSpace, arch: Arc
         "space": json.dumps(space.to_dict()),
         "arch": json.dumps(arch.to_json()),
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
 def run(

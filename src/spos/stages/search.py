@@ -16,13 +16,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from spos.arch import Arch, atomic_write_text
+from spos.arch import Arch
 from spos.checkpoint import load_checkpoint
 from spos.config import RunConfig
 from spos.cost import CostModel, build_constraints
 from spos.dist import Runtime
 from spos.errors import CheckpointError
 from spos.evolution import create_strategy, pareto_front
+from spos.io import atomic_write_text, write_json
 from spos.space import make_rng
 from spos.stages.common import (
     ProgressFactory,
@@ -31,7 +32,6 @@ from spos.stages.common import (
     score_sharded,
     start_run,
     update_summary,
-    write_json,
 )
 from spos.stages.train_supernet import CHECKPOINT_NAME, open_for_scoring
 
