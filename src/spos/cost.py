@@ -40,9 +40,7 @@ uses the same format with a ``latency_ms`` metric.
 from __future__ import annotations
 
 import itertools
-import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -60,9 +58,6 @@ __all__ = [
     "METRICS",
     "CostModel",
     "module_costs",
-    "Constraint",
-    "Constraints",
-    "build_constraints",
 ]
 
 COST_FORMAT = "spos.cost_table"
@@ -498,109 +493,3 @@ class CostModel:
                 f"cost table of {self.space_name!r} does not cover the space's choices; "
                 "rebuild it with CostModel.from_space"
             )
-
-
-# --------------------------------------------------------------------------- constraints
-@dataclass(frozen=True)
-class Constraint:
-    """``min <= metric(arch) <= max``; either bound may be None (SPEC section 4)."""
-
-    metric: str
-    min: float | None = None
-    max: float | None = None
-
-    def admits(self, value: float) -> bool:
-        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
-
-    def describe(self) -> dict[str, Any]:
-        return {"metric": self.metric, "min": self.min, "max": self.max}
-
-
-class Constraints:
-    """Several hard constraints over cost metrics, checked before a candidate is evaluated.
-
-    Args:
-        constraints: The constraints (all must hold).
-        metrics: ``name -> (arch -> value)`` for every metric that can be reported or bounded.
-    """
-
-    def __init__(
-        self, constraints: Sequence[Constraint], *, metrics: Mapping[str, Callable[[Arch], Number]]
-    ) -> None:
-        self.constraints = tuple(constraints)
-        self.metrics = dict(metrics)
-        for constraint in self.constraints:
-            if constraint.metric not in self.metrics:
-                hint = (
-                    " (give search.latency_table from `spos latency-table`)"
-                    if constraint.metric == "latency"
-                    else ""
-                )
-                raise ConfigError(
-                    f"search.constraints names metric {constraint.metric!r}, but only "
-                    f"{sorted(self.metrics)} are available{hint}"
-                )
-
-    def costs(self, arch: Arch) -> dict[str, Number]:
-        """Every available metric of ``arch``."""
-        return {name: metric(arch) for name, metric in self.metrics.items()}
-
-    def violations(self, arch: Arch) -> list[str]:
-        """Human-readable list of the constraints ``arch`` breaks (empty when feasible)."""
-        broken = []
-        for constraint in self.constraints:
-            value = self.metrics[constraint.metric](arch)
-            if not constraint.admits(value):
-                broken.append(
-                    f"{constraint.metric}={value} outside [{constraint.min}, {constraint.max}]"
-                )
-        return broken
-
-    def is_feasible(self, arch: Arch) -> bool:
-        return all(c.admits(self.metrics[c.metric](arch)) for c in self.constraints)
-
-    def describe(self) -> list[dict[str, Any]]:
-        return [c.describe() for c in self.constraints]
-
-
-def build_constraints(
-    configs: Sequence[Any],
-    *,
-    costs: CostModel,
-    latency_table: str | os.PathLike[str] | None = None,
-    space: SearchSpace | None = None,
-) -> Constraints:
-    """Constraints from config entries (objects with ``metric``, ``min``, ``max``).
-
-    Bounds that no architecture of the space can meet are refused here, with the space's
-    range in the message, instead of letting the search discover it.
-    """
-    metrics: dict[str, Callable[[Arch], Number]] = {
-        name: (lambda arch, name=name: costs.cost(arch, name)) for name in costs.metrics
-    }
-    bounds = {name: costs.bounds(name) for name in costs.metrics}
-    if latency_table is not None:
-        from spos.latency import LatencyTable
-
-        table = LatencyTable.load(latency_table, space=space)
-        metrics["latency"] = table.latency
-    constraints = []
-    for entry in configs:
-        constraint = Constraint(str(entry.metric), entry.min, entry.max)
-        if constraint.metric in bounds:
-            low, high = bounds[constraint.metric]
-            if (
-                (constraint.min is not None and constraint.min > high)
-                or (constraint.max is not None and constraint.max < low)
-                or (
-                    constraint.min is not None
-                    and constraint.max is not None
-                    and constraint.min > constraint.max
-                )
-            ):
-                raise ConfigError(
-                    f"constraint on {constraint.metric} [{constraint.min}, {constraint.max}] admits no "
-                    f"architecture: this space spans {low:,} to {high:,}; widen the bounds"
-                )
-        constraints.append(constraint)
-    return Constraints(constraints, metrics=metrics)

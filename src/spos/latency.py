@@ -52,6 +52,7 @@ from spos.space import SearchSpace, make_rng
 from spos.stats import kendall_tau, spearman_rho
 
 __all__ = [
+    "CONSTRAINT_METRIC",
     "LATENCY_METRIC",
     "LatencyTable",
     "describe_device",
@@ -62,6 +63,8 @@ __all__ = [
 
 #: The metric name of a latency table in the cost-table format (milliseconds per batch).
 LATENCY_METRIC = "latency_ms"
+#: The name search constraints give it (``search.constraints=[{metric: latency, ...}]``).
+CONSTRAINT_METRIC = "latency"
 
 _FIX_HINT = "measure a new one with spos.latency.measure_latency_table (`spos latency-table`)"
 
@@ -151,10 +154,26 @@ class LatencyTable:
 
     __call__ = latency
 
-    def bounds(self) -> tuple[float, float]:
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The constraint metric this table provides (see :mod:`spos.constraints`)."""
+        return (CONSTRAINT_METRIC,)
+
+    def cost(self, arch: Arch, metric: str = CONSTRAINT_METRIC) -> float:
+        """``latency(arch)`` as a table of :mod:`spos.constraints` (``metric="latency"``)."""
+        self._check_metric(metric)
+        return self.latency(arch)
+
+    def bounds(self, metric: str = CONSTRAINT_METRIC) -> tuple[float, float]:
         """Smallest and largest predicted latency of any architecture of the space (ms)."""
+        self._check_metric(metric)
         low, high = self._costs.bounds(LATENCY_METRIC)
         return float(low), float(high)
+
+    @staticmethod
+    def _check_metric(metric: str) -> None:
+        if metric not in (CONSTRAINT_METRIC, LATENCY_METRIC):
+            raise ConfigError(f"a latency table provides {CONSTRAINT_METRIC!r}, not {metric!r}")
 
     # ----------------------------------------------------------------- checks
     def check_space(self, space: SearchSpace, *, source: str = "latency table") -> None:

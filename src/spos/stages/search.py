@@ -19,11 +19,13 @@ from typing import Any
 from spos.arch import Arch
 from spos.checkpoint import load_checkpoint
 from spos.config import RunConfig
-from spos.cost import CostModel, build_constraints
+from spos.constraints import build_constraints
+from spos.cost import CostModel
 from spos.dist import Runtime
 from spos.errors import CheckpointError
 from spos.evolution import create_strategy, pareto_front
 from spos.io import atomic_write_text, write_json
+from spos.latency import LatencyTable
 from spos.space import make_rng
 from spos.stages.common import (
     ProgressFactory,
@@ -179,9 +181,10 @@ def run(
     space, fingerprint, scorer = session.space, session.fingerprint, session.scorer
 
     costs = CostModel.from_space(space)
-    constraints = build_constraints(
-        cfg.constraints, costs=costs, latency_table=cfg.latency_table, space=space
-    )
+    tables: list[Any] = [costs]
+    if cfg.latency_table is not None:
+        tables.append(LatencyTable.load(cfg.latency_table, space=space))
+    constraints = build_constraints(cfg.constraints, tables)
     cache: dict[str, float] = {}  # shared by the strategy and its baseline: one score per arch
 
     def score_many(archs: list[Arch]) -> list[float]:
