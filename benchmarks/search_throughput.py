@@ -52,7 +52,7 @@ from spos.latency import describe_device, measure_latency_table, validate_latenc
 from spos.sampling import create_sampler
 from spos.scoring import ArchScorer
 from spos.space import SearchSpace
-from spos.spaces.catalog import OFFICIAL_REFERENCE_ARCH
+from spos.spaces.shufflenet import OFFICIAL_REFERENCE_ARCH
 from spos.stages.common import PreparedData, learning_rate, make_sgd
 from spos.stages.train_supernet import build_scorer, seed_from
 from spos.stats import kendall_tau, spearman_rho

@@ -15,7 +15,7 @@ from spos.errors import ArchError, ConfigError
 from spos.sampling import ChoiceSchedule, create_sampler
 from spos.slim import SlicedBatchNorm2d, SlicedConv2d, copy_prefix
 from spos.space import create_space, make_rng
-from spos.spaces.channel_catalog import CHANNEL_REFERENCE_ARCH, WIDTH_SCALES
+from spos.spaces.shufflenet_channel import CHANNEL_REFERENCE_ARCH, WIDTH_SCALES
 from spos.supernet import build_supernet
 
 TINY = dict(input_size=16, stage_repeats=[1, 1, 2, 1], stage_channels=[24, 32, 48, 64], head_channels=64)

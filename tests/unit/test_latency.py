@@ -20,7 +20,7 @@ from spos.latency import (
     validate_latency_table,
 )
 from spos.space import create_space, iter_options
-from spos.spaces.catalog import shufflenet_space
+from spos.spaces.shufflenet import shufflenet_space
 
 # One thread: the suite shares two cores, and OpenMP threads waiting on a busy core turn
 # sub-millisecond calls into scheduler time slices.

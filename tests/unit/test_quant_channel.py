@@ -19,7 +19,7 @@ from spos.errors import ArchError, ConfigError
 from spos.quant import QuantConvBN, QuantConvChoices, SlicedQuantConvBN
 from spos.sampling import ChoiceSchedule
 from spos.slim import SlicedBatchNorm2d
-from spos.spaces.quant_catalog import QUANT_WIDTH_SCALES, resnet_quant_space, scaled_width
+from spos.spaces.resnet_quant import QUANT_WIDTH_SCALES, resnet_quant_space, scaled_width
 from spos.supernet import build_supernet
 from tests.conftest import SMOKE, run_cli
 
