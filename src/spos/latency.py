@@ -516,35 +516,13 @@ def measure_latency_table(
         medians = time_interleaved(calls, device=device, repeats=repeats, warmup=warmup)
     milliseconds = {id(entry): 0.0 for entry in traced}  # never called: no work
     milliseconds.update((id(entry), ms) for entry, ms in zip(timed, medians[: len(timed)], strict=True))
-    fixed_ms = 0.0
-    layers: dict[str, dict[Any, float]] = {}
-    reads: dict[str, tuple[str, ...]] = {}
-    for entry in traced:  # a choice driving several modules (NAS-Bench-201 cells): they add up
-        if entry.value is None:
-            fixed_ms += milliseconds[id(entry)]
-        else:
-            reads[entry.key] = entry.reads
-            options = layers.setdefault(entry.key, {})
-            options[entry.value] = options.get(entry.value, 0.0) + milliseconds[id(entry)]
-
-    def table(fixed: float, metadata: Mapping[str, Any] | None = None) -> LatencyTable:
-        keys = sorted(layers, key=lambda key: min(space.labels.index(label) for label in reads[key]))
-        return LatencyTable(
-            space_name=space.name,
-            space_version=space.version,
-            fixed_ms=fixed,
-            layers=[(key, {o: layers[key][o] for o in table_keys(space, reads[key])}) for key in keys],
-            reads=[reads[key] for key in keys],
-            layout=space.to_dict()["layout"],
-            metadata=metadata,
-        )
-
+    parts_only = _table_from_parts(space, traced, milliseconds)
+    fixed_ms = parts_only.fixed_ms
     residual_ms = 0.0
     if covering:
         # What a whole network costs beyond the sum of its parts (dispatch between layers,
         # allocator, caches), measured on the covering paths: a constant, so it joins the
         # fixed part and lookups stay "fixed + one entry per layer".
-        parts_only = table(fixed_ms)
         networks = medians[len(timed) :]
         predicted = [parts_only.latency(arch) for arch in covering]
         residual_ms = statistics.fmean(m - p for m, p in zip(networks, predicted, strict=True))
@@ -564,7 +542,43 @@ def measure_latency_table(
         "end_to_end_residual_ms": residual_ms if covering else None,
         "input_shape": list(input_shape[1:]),
     }
-    return table(fixed_ms + residual_ms, metadata)
+    return _table_from_parts(space, traced, milliseconds, residual_ms=residual_ms, metadata=metadata)
+
+
+def _table_from_parts(
+    space: SearchSpace,
+    traced: Sequence[PathModule],
+    milliseconds: Mapping[int, float],
+    *,
+    residual_ms: float = 0.0,
+    metadata: Mapping[str, Any] | None = None,
+) -> LatencyTable:
+    """The table of the timed parts (``milliseconds`` by ``id`` of the traced module).
+
+    Shared modules add up to the fixed part (plus ``residual_ms``); the modules of one layer
+    key and table key add up to its entry (a choice may drive several modules, e.g. one
+    NAS-Bench-201 cell in every stage).
+    """
+    fixed_ms = 0.0
+    layers: dict[str, dict[Any, float]] = {}
+    reads: dict[str, tuple[str, ...]] = {}
+    for entry in traced:
+        if entry.value is None:
+            fixed_ms += milliseconds[id(entry)]
+        else:
+            reads[entry.key] = entry.reads
+            options = layers.setdefault(entry.key, {})
+            options[entry.value] = options.get(entry.value, 0.0) + milliseconds[id(entry)]
+    keys = sorted(layers, key=lambda key: min(space.labels.index(label) for label in reads[key]))
+    return LatencyTable(
+        space_name=space.name,
+        space_version=space.version,
+        fixed_ms=fixed_ms + residual_ms,
+        layers=[(key, {o: layers[key][o] for o in table_keys(space, reads[key])}) for key in keys],
+        reads=[reads[key] for key in keys],
+        layout=space.to_dict()["layout"],
+        metadata=metadata,
+    )
 
 
 def _part_calls(
