@@ -44,7 +44,7 @@ from spos.childnet import build_child, inherit_weights
 from spos.config import RunConfig, config_to_dict
 from spos.cost import CostModel
 from spos.dist import Runtime
-from spos.errors import ArchError, CheckpointError
+from spos.errors import ArchError, CheckpointError, ConfigError
 from spos.io import atomic_write_bytes
 from spos.space import SearchSpace
 from spos.stages.common import (
@@ -187,8 +187,9 @@ def run(
             architecture, space or schedule; or ``init=inherit`` lacks the supernet checkpoint.
     """
     cfg = config.retrain
+    optim = cfg.optim
     retrain_seed = config.seed if cfg.seed is None else cfg.seed
-    channels_last = config.supernet.channels_last
+    channels_last = config.runtime.channels_last
     run_dir = Path(run_dir)
     out_dir = run_dir / RETRAIN_DIR
     checkpoint_path = out_dir / CHECKPOINT_NAME
@@ -208,6 +209,11 @@ def run(
     )
     steps_per_epoch = stream.steps_per_epoch
     total_steps = cfg.epochs * steps_per_epoch
+    if optim.warmup_steps >= total_steps:
+        raise ConfigError(
+            f"config field 'retrain.optim.warmup_steps' ({optim.warmup_steps}) must be below the "
+            f"{total_steps} retraining steps ({cfg.epochs} epochs of {steps_per_epoch})"
+        )
 
     # Check an existing checkpoint before writing anything, so a bad one costs nothing.
     payload = None
@@ -246,7 +252,7 @@ def run(
         child = child.to(memory_format=torch.channels_last)
     model = runtime.wrap(child)
     optimizer = make_sgd(
-        child, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
+        child, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov, weight_decay=optim.weight_decay
     )
     preprocess = {
         "mean": data.mean.tolist(),
@@ -306,12 +312,12 @@ def run(
         if runtime.is_main
         else null_progress(total=total_steps)
     )
-    log_every = config.supernet.log_every
+    log_every = config.runtime.log_every
     window = TrainingWindow(train_seconds)
-    autocast = runtime.autocast(cfg.amp)
+    autocast = runtime.autocast(config.runtime.amp)
     model.train()
     while step < total_steps:
-        lr = learning_rate(step, total=total_steps, peak=cfg.lr, warmup=cfg.warmup_steps, schedule=cfg.schedule)
+        lr = learning_rate(step, total=total_steps, peak=optim.lr, warmup=optim.warmup_steps, schedule=optim.schedule)
         for group in optimizer.param_groups:
             group["lr"] = lr
         images, labels = next(stream)
@@ -320,9 +326,11 @@ def run(
 
         with autocast:
             logits = model(inputs)
-            loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
+            loss = F.cross_entropy(logits, labels, label_smoothing=optim.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(child.parameters(), optim.grad_clip)
         optimizer.step()
         step += 1
 

@@ -178,7 +178,7 @@ class ScoringSession:
             recalibrate_images=recalibrate_images,
             val_images=val_images,
             batch_size=self.config.search.batch_size,
-            channels_last=self.config.supernet.channels_last,
+            channels_last=self.config.runtime.channels_last,
             metric=self.config.search.score,
         )
 
@@ -198,7 +198,7 @@ def open_for_scoring(
     supernet.load_state_dict(payload["state"]["model"])
     fingerprint = state_dict_sha256(supernet.state_dict())
     supernet = supernet.to(runtime.device)
-    if config.supernet.channels_last:
+    if config.runtime.channels_last:
         supernet = supernet.to(memory_format=torch.channels_last)
     supernet.eval()
     return ScoringSession(space, supernet, fingerprint, config, data, runtime)
@@ -213,6 +213,7 @@ def run(
 ) -> dict[str, Any]:
     """Train (or resume training) the supernet in ``run_dir``; return the summary."""
     cfg = config.supernet
+    optim, sampler_cfg = cfg.optim, cfg.sampler
     run_dir = Path(run_dir)
     checkpoint_path = run_dir / CHECKPOINT_NAME
     data = prepare_data(config)
@@ -229,36 +230,36 @@ def run(
     start_run(config, run_dir, runtime)
     torch.manual_seed(seed_from(config.seed, "supernet-init"))
     supernet = build_supernet(space).to(runtime.device)
-    if cfg.channels_last:
+    if config.runtime.channels_last:
         supernet = supernet.to(memory_format=torch.channels_last)
     model = runtime.wrap(supernet)
     optimizer = make_sgd(
-        supernet, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
+        supernet, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov, weight_decay=optim.weight_decay
     )
     costs = CostModel.from_space(space)
     low, high = costs.bounds("flops")
     flops_range = (
-        cfg.flops_min if cfg.flops_min is not None else low,
-        cfg.flops_max if cfg.flops_max is not None else high,
+        sampler_cfg.flops_min if sampler_cfg.flops_min is not None else low,
+        sampler_cfg.flops_max if sampler_cfg.flops_max is not None else high,
     )
     sampler = create_sampler(
-        cfg.sampler,
+        sampler_cfg.name,
         space,
         make_rng(config.seed, "path-sampler"),
         flops=costs.flops,
         flops_range=flops_range,
-        bins=cfg.flops_bins,
-        max_tries=cfg.sampler_max_tries,
-        distinct_networks=cfg.distinct_networks,
+        bins=sampler_cfg.flops_bins,
+        max_tries=sampler_cfg.max_tries,
+        distinct_networks=sampler_cfg.distinct_networks,
         schedule=(
             ChoiceSchedule(
                 space,
-                prefix=cfg.choice_warmup_prefix,
-                anchor=cfg.choice_warmup_option,
-                warmup_steps=cfg.choice_warmup_steps,
-                widen_steps=cfg.choice_widen_steps,
+                prefix=sampler_cfg.warmup_prefix,
+                anchor=sampler_cfg.warmup_option,
+                warmup_steps=sampler_cfg.warmup_steps,
+                widen_steps=sampler_cfg.widen_steps,
             )
-            if cfg.choice_warmup_steps or cfg.choice_widen_steps
+            if sampler_cfg.warmup_steps or sampler_cfg.widen_steps
             else None
         ),
     )
@@ -289,12 +290,12 @@ def run(
         if step >= cfg.steps and finished is not None:
             return finished
 
-    panel = build_panel(space, seed=config.seed, size=cfg.panel_size)
+    panel = build_panel(space, seed=config.seed, size=cfg.panel.size)
     rank_panel: list = []
     rank_truth: list[float] = []
-    if cfg.rank_ground_truth:
-        truth = GroundTruth.load(cfg.rank_ground_truth, space, str(cfg.rank_column))
-        rows = truth.sample(cfg.rank_panel_size, make_rng(config.seed, "rank-panel"))
+    if config.ground_truth.path:
+        truth = GroundTruth.load(config.ground_truth.path, space, str(config.ground_truth.column))
+        rows = truth.sample(cfg.panel.ground_truth_size, make_rng(config.seed, "rank-panel"))
         rank_panel = [truth.archs[i] for i in rows]
         rank_truth = [truth.values[i] for i in rows]
     scorer = (
@@ -303,10 +304,10 @@ def run(
             data,
             runtime,
             seed=config.seed,
-            recalibrate_images=cfg.panel_recalibrate_images,
-            val_images=cfg.panel_val_images,
+            recalibrate_images=cfg.panel.recalibrate_images,
+            val_images=cfg.panel.val_images,
             batch_size=max(256, cfg.batch_size),
-            channels_last=cfg.channels_last,
+            channels_last=config.runtime.channels_last,
         )
         if (panel or rank_panel) and runtime.is_main
         else None
@@ -355,24 +356,24 @@ def run(
     metrics = MetricsLog(run_dir, enabled=runtime.is_main, resume_step=step)
     bar = progress(total=cfg.steps, initial=step, description="supernet") if runtime.is_main else null_progress(total=cfg.steps)
     window = TrainingWindow(train_seconds)
-    autocast = runtime.autocast(cfg.amp)
+    autocast = runtime.autocast(config.runtime.amp)
     last_panel: dict[str, Any] = {}
     keep = set(cfg.keep_checkpoints)
     model.train()
     while step < cfg.steps:
         lr = learning_rate(
-            step, total=cfg.schedule_steps or cfg.steps, peak=cfg.lr, warmup=cfg.warmup_steps, schedule=cfg.schedule
+            step, total=cfg.total_schedule_steps, peak=optim.lr, warmup=optim.warmup_steps, schedule=optim.schedule
         )
         for group in optimizer.param_groups:
             group["lr"] = lr
         arch = sampler.sample()
         images, labels = next(stream)
-        inputs = data.to_float(images, runtime, channels_last=cfg.channels_last)
+        inputs = data.to_float(images, runtime, channels_last=config.runtime.channels_last)
         labels = labels.to(runtime.device)
 
         with autocast:
             logits = model(inputs, arch)
-            loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
+            loss = F.cross_entropy(logits, labels, label_smoothing=optim.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         # Off-path candidates must get no update (no decay, no momentum): DDP may hand them
@@ -382,20 +383,20 @@ def run(
             if id(parameter) not in on_path:
                 parameter.grad = None
         grad_norm = None
-        if cfg.grad_clip > 0:  # after DDP's all-reduce, so every rank clips alike
+        if optim.grad_clip > 0:  # after DDP's all-reduce, so every rank clips alike
             grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for p in supernet.parameters() if p.grad is not None], cfg.grad_clip
+                [p for p in supernet.parameters() if p.grad is not None], optim.grad_clip
             )
         optimizer.step()
         step += 1
 
         window.add(loss, logits, labels, grad_norm=grad_norm)
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        if step % config.runtime.log_every == 0 or step == cfg.steps:
             record = {**window.flush(step=step, lr=lr, runtime=runtime), **sampler.stats()}
             metrics.write(record)
             bar.update(0, loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.0f}")
         bar.update(1)
-        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+        if cfg.panel.eval_every and step % cfg.panel.eval_every == 0 and step < cfg.steps:
             last_panel = evaluate_panel(step) or last_panel
             window.restart_clock()  # panel time is not training time
         if step in keep:  # before the rolling one: a kill in between redoes this step
@@ -422,7 +423,7 @@ def run(
             if key in last_panel
         },
         "coverage": sampler.coverage,
-        "sampler": cfg.sampler,
+        "sampler": sampler_cfg.name,
         "weights_sha256": state_dict_sha256(supernet.state_dict()),
         "world_size": runtime.world_size,
         # DDP keeps parameters equal on every rank; a gathered hash per rank proves it.
