@@ -50,11 +50,10 @@ from spos.dist import Runtime
 from spos.io import atomic_write_text
 from spos.latency import describe_device, measure_latency_table, validate_latency_table
 from spos.sampling import create_sampler
-from spos.scoring import ArchScorer
-from spos.space import SearchSpace
+from spos.scoring import ArchScorer, build_scorer
+from spos.space import SearchSpace, seed_from
 from spos.spaces.catalog import OFFICIAL_REFERENCE_ARCH
 from spos.stages.common import PreparedData, learning_rate, make_sgd
-from spos.stages.train_supernet import build_scorer, seed_from
 from spos.stats import kendall_tau, spearman_rho
 from spos.supernet import Supernet, build_supernet
 

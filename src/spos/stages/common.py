@@ -1,5 +1,6 @@
-"""Pieces every stage recipe shares: run-directory files, data preparation, optimiser and
-learning-rate schedule, metrics logging, and the progress-reporting protocol.
+"""Pieces every stage recipe shares: data preparation, optimiser and learning-rate schedule,
+metrics logging, the progress-reporting protocol, and opening a supernet checkpoint for scoring
+(run-directory files: :mod:`spos.rundir`; the evaluator: :mod:`spos.scoring`).
 
 Stages stay short recipes (setup, run, save) because the plumbing lives here once.
 """
@@ -10,7 +11,7 @@ import functools
 import json
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,40 +20,33 @@ import torch
 from torch import nn
 
 from spos import data as spos_data
-from spos.arch import Arch
-from spos.config import DataConfig, RunConfig, save_config
+from spos.checkpoint import check_space, state_dict_sha256
+from spos.config import DataConfig, RunConfig
 from spos.dist import Runtime
 from spos.errors import ConfigError, DataError
-from spos.io import atomic_write_text, write_json
-from spos.space import SearchSpace, create_space, make_rng
+from spos.io import atomic_write_text
+from spos.scoring import ScoringSession
+from spos.space import SearchSpace, create_space, seed_from
+from spos.supernet import build_supernet
 
 __all__ = [
     "Progress",
     "ProgressFactory",
     "null_progress",
-    "score_sharded",
+    "open_for_scoring",
     "PreparedData",
     "prepare_data",
     "place_dataset",
     "load_test_split",
     "train_stream",
     "eval_batches",
-    "seed_from",
     "build_space",
     "make_sgd",
     "learning_rate",
     "MetricsLog",
-    "read_summary",
-    "update_summary",
-    "start_run",
     "Stopwatch",
     "TrainingWindow",
 ]
-
-
-def seed_from(seed: int, purpose: str) -> int:
-    """An integer seed for torch derived from the run seed and a purpose."""
-    return make_rng(seed, purpose).getrandbits(63)
 
 
 class Progress(Protocol):
@@ -360,8 +354,8 @@ class MetricsLog:
     On resume, records past the checkpoint's step are dropped so the file reads as one run.
     """
 
-    def __init__(self, run_dir: Path, *, enabled: bool, resume_step: int) -> None:
-        self.path = run_dir / "metrics.jsonl"
+    def __init__(self, path: Path, *, tensorboard_dir: Path, enabled: bool, resume_step: int) -> None:
+        self.path = Path(path)
         self.enabled = enabled
         self.writer = None
         if not enabled:
@@ -376,7 +370,7 @@ class MetricsLog:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step + 1)
+            self.writer = SummaryWriter(str(tensorboard_dir), purge_step=resume_step + 1)
         except ImportError:  # TensorBoard is optional; metrics.jsonl is the record
             self.writer = None
 
@@ -394,32 +388,6 @@ class MetricsLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-
-
-def read_summary(run_dir: Path) -> dict[str, Any]:
-    """``summary.json`` of a run: one section per finished stage (empty if none)."""
-    path = Path(run_dir) / "summary.json"
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return {}
-
-
-def update_summary(run_dir: Path, section: str, data: dict[str, Any]) -> None:
-    """Set one stage's section of ``summary.json``, keeping the other stages' sections."""
-    summary = read_summary(run_dir)
-    summary[section] = data
-    write_json(Path(run_dir) / "summary.json", summary)
-
-
-def start_run(config: RunConfig, run_dir: Path, runtime: Runtime) -> None:
-    """Create the run directory and save the resolved config (main rank only)."""
-    if runtime.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / "config.yaml")
-    runtime.barrier()
 
 
 class TrainingWindow:
@@ -487,20 +455,22 @@ class Stopwatch:
         return time.perf_counter() - self.start
 
 
-def score_sharded(
-    archs: Sequence[Arch],
-    score: Callable[[Arch], float],
-    runtime: Runtime,
-    *,
-    on_score: Callable[[Arch, float], None] | None = None,
-) -> dict[str, float]:
-    """Score ``archs`` split across ranks (rank r takes every world_size-th); gather on all."""
-    mine: dict[str, float] = {}
-    for arch in list(archs)[runtime.rank :: runtime.world_size]:
-        mine[arch.key] = value = score(arch)
-        if on_score is not None:
-            on_score(arch, value)
-    gathered: dict[str, float] = {}
-    for shard in runtime.all_gather_objects(mine):
-        gathered.update(shard)
-    return gathered
+def open_for_scoring(
+    config: RunConfig, payload: dict[str, Any], checkpoint_path: Path, runtime: Runtime
+) -> ScoringSession:
+    """A trained supernet checkpoint made ready to score paths as search does.
+
+    The space is checked against the checkpoint, the supernet is in eval mode on the device,
+    ``fingerprint`` is the hash of its weights, and ``scorer`` uses the ``search`` section's
+    recalibration/validation images and score metric.
+    """
+    data = prepare_data(config)
+    space = check_space(payload, build_space(config, data), path=checkpoint_path)
+    supernet = build_supernet(space)
+    supernet.load_state_dict(payload["state"]["model"])
+    fingerprint = state_dict_sha256(supernet.state_dict())
+    supernet = supernet.to(runtime.device)
+    if config.supernet.channels_last:
+        supernet = supernet.to(memory_format=torch.channels_last)
+    supernet.eval()
+    return ScoringSession(space, supernet, fingerprint, config, data, runtime)

@@ -46,7 +46,8 @@ from spos.cost import CostModel
 from spos.dist import Runtime
 from spos.errors import ArchError, CheckpointError
 from spos.io import atomic_write_bytes
-from spos.space import SearchSpace
+from spos.rundir import RunDir, read_summary, start_run, update_summary
+from spos.space import SearchSpace, seed_from
 from spos.stages.common import (
     MetricsLog,
     PreparedData,
@@ -60,31 +61,13 @@ from spos.stages.common import (
     null_progress,
     place_dataset,
     prepare_data,
-    read_summary,
-    seed_from,
-    start_run,
     train_stream,
-    update_summary,
 )
-from spos.stages.train_supernet import CHECKPOINT_NAME as SUPERNET_CHECKPOINT_NAME
 from spos.supernet import build_supernet
 
-__all__ = [
-    "run",
-    "evaluate",
-    "RETRAIN_DIR",
-    "CHECKPOINT_NAME",
-    "WEIGHTS_NAME",
-]
+__all__ = ["run", "evaluate"]
 
 log = logging.getLogger(__name__)
-
-RETRAIN_DIR = "retrain"
-"""Sub-directory of the run directory the stage writes to."""
-CHECKPOINT_NAME = "child.ckpt"
-"""Resumable checkpoint of the child network (kind ``"child"``), under :data:`RETRAIN_DIR`."""
-WEIGHTS_NAME = "child.safetensors"
-"""Final weights (after BN post-processing), under :data:`RETRAIN_DIR`."""
 
 
 def _load_arch(path: Path, space: SearchSpace) -> Arch:
@@ -189,10 +172,10 @@ def run(
     cfg = config.retrain
     retrain_seed = config.seed if cfg.seed is None else cfg.seed
     channels_last = config.supernet.channels_last
-    run_dir = Path(run_dir)
-    out_dir = run_dir / RETRAIN_DIR
-    checkpoint_path = out_dir / CHECKPOINT_NAME
-    arch_file = Path(arch_path) if arch_path is not None else run_dir / "arch.json"
+    run = RunDir(run_dir)
+    out_dir = run.retrain_dir
+    checkpoint_path = run.child_ckpt
+    arch_file = Path(arch_path) if arch_path is not None else run.arch_json
     data = prepare_data(config)
     data = dataclasses.replace(
         data, train=place_dataset(data.train, runtime), val=place_dataset(data.val, runtime)
@@ -228,17 +211,17 @@ def run(
                 f"asks for {total_steps} ({cfg.epochs} epochs of {steps_per_epoch}); restore "
                 f"retrain.epochs and retrain.batch_size, or delete {out_dir} to start over"
             )
-        finished = read_summary(run_dir).get("retrain")
+        finished = read_summary(run).get("retrain")
         if state.get("finished") and finished is not None:
             return finished
-    start_run(config, run_dir, runtime)
+    start_run(config, run, runtime)
     if runtime.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(seed_from(retrain_seed, "retrain-init"))
     child = build_child(space, arch)
     if payload is None and cfg.init == "inherit":
-        _inherit_from_supernet(child, run_dir / SUPERNET_CHECKPOINT_NAME, space, arch)
+        _inherit_from_supernet(child, run.supernet_ckpt, space, arch)
     # Dropout draws from here on: the same stream whichever way the weights were initialised.
     torch.manual_seed(seed_from(retrain_seed, "retrain-train"))
     child = child.to(runtime.device)
@@ -300,7 +283,7 @@ def run(
         )
 
     eval_batch_size = max(256, cfg.batch_size)
-    metrics = MetricsLog(out_dir, enabled=runtime.is_main, resume_step=step)
+    metrics = MetricsLog(run.retrain_metrics, tensorboard_dir=run.retrain_tensorboard, enabled=runtime.is_main, resume_step=step)
     bar = (
         progress(total=total_steps, initial=step, description="retrain")
         if runtime.is_main
@@ -404,8 +387,8 @@ def run(
             "images_per_s": round(step * cfg.batch_size / max(window.train_seconds, 1e-9), 1),
             "weights_sha256": state_dict_sha256(child.state_dict()),
         }
-        _save_weights(out_dir / WEIGHTS_NAME, child, space=space, arch=arch)
-        update_summary(run_dir, "retrain", summary)
+        _save_weights(run.child_weights, child, space=space, arch=arch)
+        update_summary(run, "retrain", summary)
     summary = runtime.broadcast_object(summary)
     runtime.barrier()
     return summary

@@ -15,50 +15,41 @@ section of ``summary.json``.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from spos import data as spos_data
 from spos.checkpoint import check_space, load_checkpoint, save_checkpoint, state_dict_sha256
 from spos.config import RunConfig, config_to_dict
 from spos.cost import CostModel
 from spos.dist import Runtime
 from spos.errors import CheckpointError
 from spos.groundtruth import GroundTruth
+from spos.rundir import RunDir, read_summary, start_run, update_summary
 from spos.sampling import ChoiceSchedule, create_sampler
-from spos.scoring import ArchScorer
-from spos.space import SearchSpace, make_rng
+from spos.scoring import build_scorer
+from spos.space import SearchSpace, make_rng, seed_from
 from spos.stages.common import (
     MetricsLog,
-    PreparedData,
     ProgressFactory,
     TrainingWindow,
     build_space,
-    eval_batches,
     learning_rate,
     make_sgd,
     null_progress,
     place_dataset,
     prepare_data,
-    read_summary,
-    seed_from,
-    start_run,
     train_stream,
-    update_summary,
 )
 from spos.stats import rank_correlations
-from spos.supernet import Supernet, build_supernet
+from spos.supernet import build_supernet
 
-__all__ = ["run", "CHECKPOINT_NAME", "ScoringSession", "build_panel", "build_scorer", "open_for_scoring"]
+__all__ = ["run", "build_panel"]
 
 log = logging.getLogger(__name__)
-CHECKPOINT_NAME = "supernet.ckpt"
 
 
 def _check_global_batch(payload: dict[str, Any], batch_size: int, *, path: Path) -> None:
@@ -86,124 +77,6 @@ def build_panel(space: SearchSpace, *, seed: int, size: int) -> list:
     return panel
 
 
-class _NormalisedBatches(Sequence):
-    """uint8 batches held on the host, normalised and moved to the device when read."""
-
-    def __init__(
-        self,
-        batches: list[tuple[torch.Tensor, torch.Tensor]],
-        data: PreparedData,
-        runtime: Runtime,
-        *,
-        channels_last: bool,
-    ) -> None:
-        pin = runtime.device.type == "cuda"
-        self.batches = [(i.pin_memory() if pin else i, labels) for i, labels in batches]
-        self.data, self.runtime, self.channels_last = data, runtime, channels_last
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore
-        images, labels = self.batches[index]
-        inputs = self.data.to_float(images, self.runtime, channels_last=self.channels_last)
-        return inputs, labels.to(self.runtime.device)
-
-
-def build_scorer(
-    supernet: Supernet,
-    data: PreparedData,
-    runtime: Runtime,
-    *,
-    seed: int,
-    recalibrate_images: int,
-    val_images: int | None,
-    batch_size: int,
-    channels_last: bool,
-    metric: str = "accuracy",
-) -> ArchScorer:
-    """A scorer with fixed recalibration images (seeded from train) and validation images."""
-    generator = torch.Generator().manual_seed(seed_from(seed, "recalibration-images"))
-    count = min(recalibrate_images, len(data.train))
-    recal = data.train.subset(torch.randperm(len(data.train), generator=generator)[:count])
-    val = data.val if val_images is None else data.val.subset(torch.arange(min(val_images, len(data.val))))
-
-    def prepared(dataset: Any) -> Sequence[tuple[torch.Tensor, torch.Tensor]]:
-        if not isinstance(dataset, spos_data.ArrayDataset):
-            # Read from disk: decode once, keep uint8 on the host (4x smaller than float; ImageNet's
-            # 20k + 50k images take 10.5 GB), normalise on the device per use.
-            return _NormalisedBatches(
-                list(eval_batches(dataset, data, batch_size=batch_size)),
-                data,
-                runtime,
-                channels_last=channels_last,
-            )
-        return [
-            (data.to_float(images, runtime, channels_last=channels_last), labels.to(runtime.device))
-            for images, labels in spos_data.iterate_batches(dataset, batch_size=batch_size)
-        ]
-
-    return ArchScorer(
-        supernet, recalibrate_batches=prepared(recal), val_batches=prepared(val), metric=metric
-    )
-
-
-@dataclasses.dataclass
-class ScoringSession:
-    """A trained supernet made ready to score paths as search does (see :func:`open_for_scoring`).
-
-    ``scorer`` uses the ``search`` section's recalibration/validation images and score metric;
-    :meth:`scorer_with` builds another one on the same supernet and data with other budgets
-    (the final re-scoring of search's top candidates).
-    """
-
-    space: SearchSpace
-    supernet: Supernet
-    fingerprint: str
-    config: RunConfig
-    data: PreparedData
-    runtime: Runtime
-
-    @functools.cached_property
-    def scorer(self) -> ArchScorer:
-        cfg = self.config.search
-        return self.scorer_with(recalibrate_images=cfg.recalibrate_images, val_images=cfg.val_images)
-
-    def scorer_with(self, *, recalibrate_images: int, val_images: int | None) -> ArchScorer:
-        return build_scorer(
-            self.supernet,
-            self.data,
-            self.runtime,
-            seed=self.config.seed,
-            recalibrate_images=recalibrate_images,
-            val_images=val_images,
-            batch_size=self.config.search.batch_size,
-            channels_last=self.config.supernet.channels_last,
-            metric=self.config.search.score,
-        )
-
-
-def open_for_scoring(
-    config: RunConfig, payload: dict[str, Any], checkpoint_path: Path, runtime: Runtime
-) -> ScoringSession:
-    """A trained supernet checkpoint made ready to score paths as search does.
-
-    The space is checked against the checkpoint, the supernet is in eval mode on the device,
-    ``fingerprint`` is the hash of its weights, and ``scorer`` uses the ``search`` section's
-    recalibration/validation images and score metric.
-    """
-    data = prepare_data(config)
-    space = check_space(payload, build_space(config, data), path=checkpoint_path)
-    supernet = build_supernet(space)
-    supernet.load_state_dict(payload["state"]["model"])
-    fingerprint = state_dict_sha256(supernet.state_dict())
-    supernet = supernet.to(runtime.device)
-    if config.supernet.channels_last:
-        supernet = supernet.to(memory_format=torch.channels_last)
-    supernet.eval()
-    return ScoringSession(space, supernet, fingerprint, config, data, runtime)
-
-
 def run(
     config: RunConfig,
     run_dir: Path,
@@ -213,8 +86,8 @@ def run(
 ) -> dict[str, Any]:
     """Train (or resume training) the supernet in ``run_dir``; return the summary."""
     cfg = config.supernet
-    run_dir = Path(run_dir)
-    checkpoint_path = run_dir / CHECKPOINT_NAME
+    run = RunDir(run_dir)
+    checkpoint_path = run.supernet_ckpt
     data = prepare_data(config)
     data = dataclasses.replace(
         data, train=place_dataset(data.train, runtime), val=place_dataset(data.val, runtime)
@@ -226,7 +99,7 @@ def run(
         payload = load_checkpoint(checkpoint_path, kind="supernet", map_location=runtime.device)
         check_space(payload, space, path=checkpoint_path)
         _check_global_batch(payload, cfg.batch_size, path=checkpoint_path)
-    start_run(config, run_dir, runtime)
+    start_run(config, run, runtime)
     torch.manual_seed(seed_from(config.seed, "supernet-init"))
     supernet = build_supernet(space).to(runtime.device)
     if cfg.channels_last:
@@ -285,7 +158,7 @@ def run(
             state.get("world_size", "?"),
             runtime.world_size,
         )
-        finished = read_summary(run_dir).get("supernet")
+        finished = read_summary(run).get("supernet")
         if step >= cfg.steps and finished is not None:
             return finished
 
@@ -352,7 +225,7 @@ def run(
         metrics.write(record)
         return record
 
-    metrics = MetricsLog(run_dir, enabled=runtime.is_main, resume_step=step)
+    metrics = MetricsLog(run.metrics, tensorboard_dir=run.tensorboard, enabled=runtime.is_main, resume_step=step)
     bar = progress(total=cfg.steps, initial=step, description="supernet") if runtime.is_main else null_progress(total=cfg.steps)
     window = TrainingWindow(train_seconds)
     autocast = runtime.autocast(cfg.amp)
@@ -399,7 +272,7 @@ def run(
             last_panel = evaluate_panel(step) or last_panel
             window.restart_clock()  # panel time is not training time
         if step in keep:  # before the rolling one: a kill in between redoes this step
-            save(step, run_dir / f"supernet_step{step}.ckpt")
+            save(step, run.supernet_step_ckpt(step))
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or step in keep:
             save(step)
     bar.close()
@@ -431,6 +304,6 @@ def run(
         ),
     }
     if runtime.is_main:
-        update_summary(run_dir, "supernet", summary)
+        update_summary(run, "supernet", summary)
     runtime.barrier()
     return summary
