@@ -30,6 +30,7 @@ from spos import data as spos_data
 from spos.arch import Arch
 from spos.calibrate import recalibrate_bn
 from spos.space import SearchSpace, seed_from
+from spos.train import evaluate as evaluate_model
 
 if TYPE_CHECKING:
     from spos.config import RunConfig
@@ -43,24 +44,7 @@ __all__ = [
     "ScoringSession",
     "build_scorer",
     "score_sharded",
-    "top1_accuracy",
 ]
-
-
-@torch.no_grad()
-def top1_accuracy(
-    model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, arch: Arch | None = None
-) -> tuple[int, int]:
-    """(correct, total) of ``model`` (or ``model(x, arch)``) in eval mode over ``batches``."""
-    was_training = model.training
-    model.eval()
-    correct = total = 0
-    for images, labels in batches:
-        logits = model(images) if arch is None else model(images, arch)
-        correct += int((logits.argmax(dim=1) == labels).sum())
-        total += int(labels.numel())
-    model.train(was_training)
-    return correct, total
 
 
 def _as_sequence(
@@ -104,7 +88,9 @@ class ArchScorer:
         )
 
     def evaluate(self, arch: Arch) -> tuple[int, int]:
-        return top1_accuracy(self.supernet, self.val_batches, arch=arch)
+        """(correct, total) of ``arch`` on the validation batches (current BN buffers)."""
+        accuracy = evaluate_model(self.supernet, self.val_batches, arch=arch)
+        return accuracy.correct, accuracy.images
 
     @torch.no_grad()
     def mean_loss(self, arch: Arch) -> float:

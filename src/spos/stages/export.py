@@ -49,7 +49,7 @@ from spos.errors import CheckpointError, ConfigError, DataError, SposError
 from spos.io import atomic_write_text, write_json
 from spos.rundir import RunDir, update_summary
 from spos.space import SearchSpace
-from spos.stages.common import load_test_split
+from spos.stages.common import load_test_split, run_costs
 
 __all__ = ["run", "TOLERANCE", "ONNX_OPSET"]
 
@@ -325,6 +325,7 @@ def _write_bundle(
     space: SearchSpace,
     arch: Arch,
     preprocess: dict[str, Any],
+    costs: CostModel,
 ) -> dict[str, Any]:
     """Write and verify every file of the bundle into ``folder``; return the figures."""
     from safetensors.torch import save_file
@@ -335,7 +336,7 @@ def _write_bundle(
         reference = {name: child(inputs) for name, inputs in batches.items()}
     example = torch.randn(_TRACE_BATCH, *input_shape, generator=torch.Generator().manual_seed(1))
 
-    arch.save(folder / "arch.json", costs=CostModel.from_space(space).costs(arch))
+    arch.save(folder / "arch.json", costs=costs.costs(arch))
     tensors = {key: value.detach().contiguous() for key, value in child.state_dict().items()}
     save_file(
         tensors,
@@ -437,7 +438,8 @@ def run(config: RunConfig, run_dir: Path, *, runtime: Runtime) -> dict[str, Any]
         staging = Path(tempfile.mkdtemp(dir=run.path, prefix=f".{target.name}."))
         os.chmod(staging, 0o755)  # mkdtemp makes it private; the bundle is meant to be shared
         try:
-            summary = _write_bundle(staging, config, child, space, arch, preprocess)
+            costs = run_costs(run, space, runtime)
+            summary = _write_bundle(staging, config, child, space, arch, preprocess, costs)
             for path in staging.iterdir():
                 path.chmod(0o644)  # atomic writes create private files
             if target.exists():

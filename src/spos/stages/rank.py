@@ -24,15 +24,15 @@ from typing import Any
 from spos.arch import Arch
 from spos.checkpoint import load_checkpoint
 from spos.config import RunConfig
-from spos.cost import CostModel
 from spos.dist import Runtime
 from spos.groundtruth import GroundTruth
 from spos.io import atomic_write_text, write_json
 from spos.rundir import RunDir, update_summary
 from spos.scoring import CachedScorer
 from spos.space import make_rng
-from spos.stages.common import ProgressFactory, Stopwatch, null_progress, open_for_scoring
+from spos.stages.common import ProgressFactory, null_progress, open_for_scoring, run_costs
 from spos.stats import option_bias, rank_correlations
+from spos.train import Stopwatch
 
 __all__ = ["run"]
 
@@ -97,7 +97,7 @@ def run(
     bias = option_bias(_option_counts(archs), true_values, scores)
     # What a supernet must beat: ranking by a cost alone (on NAS-Bench-201 the parameter count
     # is a strong zero-cost proxy; Ning et al. 2021 report Kendall tau 0.61 for it).
-    costs = CostModel.from_space(space)
+    costs = run_costs(run, space, runtime)
     baselines = {
         metric: {
             name: round(value, 4)

@@ -19,7 +19,7 @@ from typing import Any
 from spos.arch import Arch
 from spos.checkpoint import load_checkpoint
 from spos.config import RunConfig
-from spos.cost import CostModel, build_constraints
+from spos.cost import build_constraints
 from spos.dist import Runtime
 from spos.errors import CheckpointError
 from spos.evolution import create_strategy, pareto_front
@@ -27,7 +27,8 @@ from spos.io import atomic_write_text, write_json
 from spos.rundir import RunDir, start_run, update_summary
 from spos.scoring import CachedScorer
 from spos.space import make_rng
-from spos.stages.common import ProgressFactory, Stopwatch, null_progress, open_for_scoring
+from spos.stages.common import ProgressFactory, null_progress, open_for_scoring, run_costs
+from spos.train import Stopwatch
 
 __all__ = ["run"]
 
@@ -172,7 +173,7 @@ def run(
     session = open_for_scoring(config, payload, checkpoint_path, runtime)
     space, fingerprint, scorer = session.space, session.fingerprint, session.scorer
 
-    costs = CostModel.from_space(space)
+    costs = run_costs(run, space, runtime)
     constraints = build_constraints(
         cfg.constraints, costs=costs, latency_table=cfg.latency_table, space=space
     )
