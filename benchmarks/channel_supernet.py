@@ -37,6 +37,8 @@ import torch
 
 from spos.config import load_config
 from spos.dist import Runtime
+from spos.rundir import RunDir
+from spos.scoring import build_scorer
 from spos.space import make_rng
 from spos.stages import train_supernet
 from spos.stages.common import build_space, prepare_data
@@ -54,7 +56,7 @@ def train(name: str, overrides: list[str], run_dir: Path, runtime: Runtime) -> t
     data = prepare_data(config)
     space = build_space(config, data)
     supernet = build_supernet(space)
-    payload = torch.load(run_dir / train_supernet.CHECKPOINT_NAME, map_location="cpu", weights_only=False)
+    payload = torch.load(RunDir(run_dir).supernet_ckpt, map_location="cpu", weights_only=False)
     supernet.load_state_dict(payload["state"]["model"])
     print(f"[{name}] trained {config.supernet.steps} steps in {seconds:.0f} s", flush=True)
     return config, data, space, supernet, seconds
@@ -111,7 +113,7 @@ def main() -> None:
     random_widths = [[width_rng.choice(scales) for _ in panel[0].values] for _ in panel]
 
     for name, (config, data, space, supernet, seconds) in trained.items():
-        scorer = train_supernet.build_scorer(
+        scorer = build_scorer(
             supernet,
             data,
             runtime,

@@ -77,8 +77,9 @@ def _probe_images_per_s(config, runtime, *, steps: int = 25) -> float:
 
     import torch.nn.functional as F
 
-    from spos.stages.common import build_space, make_sgd
+    from spos.stages.common import build_space
     from spos.supernet import build_supernet
+    from spos.train import make_sgd
 
     space = build_space(config)
     supernet = build_supernet(space).to(runtime.device).to(memory_format=torch.channels_last)

@@ -66,10 +66,11 @@ from spos.checkpoint import load_checkpoint  # noqa: E402
 from spos.config import load_config  # noqa: E402
 from spos.cost import CostModel  # noqa: E402
 from spos.dist import Runtime  # noqa: E402
+from spos.rundir import RunDir  # noqa: E402
+from spos.scoring import build_scorer  # noqa: E402
 from spos.space import SearchSpace  # noqa: E402
 from spos.stages import retrain, search, train_supernet  # noqa: E402
 from spos.stages.common import build_space, prepare_data  # noqa: E402
-from spos.stages.train_supernet import build_scorer  # noqa: E402
 from spos.supernet import build_supernet  # noqa: E402
 
 UNIFORM_BITS = (2, 4, 8)
@@ -223,7 +224,7 @@ def main() -> None:
     # 1. supernet
     clock = time.perf_counter()
     supernet_dir = args.work / "supernet"
-    supernet_path = supernet_dir / train_supernet.CHECKPOINT_NAME
+    supernet_path = RunDir(supernet_dir).supernet_ckpt
     supernet_summary = train_supernet.run(config, supernet_dir, runtime=runtime)
     timings["supernet_s"] = round(time.perf_counter() - clock, 1)
     print(f"supernet: {supernet_summary['steps']} steps in {timings['supernet_s']} s", flush=True)
@@ -278,7 +279,7 @@ def main() -> None:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 arch.save(run_dir / "arch.json")
                 if protocol == "inherit":
-                    (run_dir / train_supernet.CHECKPOINT_NAME).symlink_to(supernet_path)
+                    RunDir(run_dir).supernet_ckpt.symlink_to(supernet_path)
                 run_config = load_config(
                     ROOT / "configs" / "default.yaml", [*_overrides(args), *_protocol_overrides(args, protocol, seed)]
                 )

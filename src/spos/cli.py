@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from spos.errors import SposError
+from spos.rundir import RunDir
 
 __all__ = ["main"]
 
@@ -42,8 +43,8 @@ def _resolve_config(args: argparse.Namespace):
     from spos.config import load_config
 
     path = args.config
-    if path is None and args.out is not None and (Path(args.out) / "config.yaml").is_file():
-        path = Path(args.out) / "config.yaml"  # resume from the run directory alone
+    if path is None and args.out is not None and RunDir(args.out).config.is_file():
+        path = RunDir(args.out).config  # resume from the run directory alone
     return load_config(path, args.overrides)
 
 
@@ -65,7 +66,7 @@ def _cmd_train_supernet(args: argparse.Namespace) -> int:
     if runtime.is_main:
         print(
             f"supernet trained: {summary['steps']} steps, panel mean acc "
-            f"{summary['panel_mean_acc']}, summary in {Path(args.out) / 'summary.json'}"
+            f"{summary['panel_mean_acc']}, summary in {RunDir(args.out).summary}"
         )
     runtime.close()
     return 0
@@ -84,7 +85,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         if "baseline" in summary:
             line += f"; random baseline best {summary['baseline']['best_score']:.2f}%"
         print(line)
-        print(f"architecture written to {Path(args.out) / 'arch.json'}")
+        print(f"architecture written to {RunDir(args.out).arch_json}")
     runtime.close()
     return 0
 
@@ -127,7 +128,7 @@ def _cmd_rank(args: argparse.Namespace) -> int:
             f"ranked {summary['num_archs']} architectures: Kendall tau {summary['kendall_tau']:.3f}, "
             f"Spearman rho {summary['spearman_rho']:.3f}, precision@5% "
             f"{summary['precision_at_5pct']:.2f}, precision@10% {summary['precision_at_10pct']:.2f}; "
-            f"plot in {run_dir / 'rank' / 'scatter.png'}"
+            f"plot in {RunDir(run_dir).rank_plot}"
         )
         baselines = summary["cost_baselines"]
         print(
@@ -152,7 +153,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     runtime = _runtime(config)
     summary = export.run(config, run_dir, runtime=runtime)  # every rank: it meets at a barrier
     if runtime.is_main:
-        print(f"exported to {run_dir / 'export'}: {json.dumps(summary)}")
+        print(f"exported to {RunDir(run_dir).export_dir}: {json.dumps(summary)}")
     runtime.close()
     return 0
 

@@ -30,6 +30,7 @@ __all__ = [
     "Choice",
     "SearchSpace",
     "make_rng",
+    "seed_from",
     "register_space",
     "create_space",
     "list_spaces",
@@ -46,6 +47,12 @@ def make_rng(seed: int, purpose: str) -> random.Random:
     """
     digest = hashlib.sha256(f"{int(seed)}:{purpose}".encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "little"))
+
+
+def seed_from(seed: int, purpose: str) -> int:
+    """An integer seed (for ``torch.manual_seed``, a ``torch.Generator``) derived from the run
+    seed and a purpose, by the same scheme as :func:`make_rng`."""
+    return make_rng(seed, purpose).getrandbits(63)
 
 
 def _freeze(value: Any) -> Any:

@@ -24,9 +24,10 @@ from spos.config import load_config
 from spos.cost import CostModel
 from spos.dist import Runtime
 from spos.errors import ArchError, CheckpointError, SposError
+from spos.rundir import read_summary
 from spos.space import create_space, make_rng
 from spos.stages import export, retrain, train_supernet
-from spos.stages.common import build_space, load_test_split, prepare_data, read_summary
+from spos.stages.common import build_space, load_test_split, prepare_data
 from spos.supernet import build_supernet
 from tests.conftest import SMOKE, run_cli
 

@@ -1,5 +1,7 @@
-"""Pieces every stage recipe shares: run-directory files, data preparation, optimiser and
-learning-rate schedule, metrics logging, and the progress-reporting protocol.
+"""Pieces every stage recipe shares: data preparation, plugins and the configured space, the
+progress-reporting protocol, opening a supernet checkpoint for scoring, and the run's fixed
+facts (``space.json``, ``cost_table.json``). Run-directory files: :mod:`spos.rundir`; the
+evaluator: :mod:`spos.scoring`; optimiser, training state and metrics: :mod:`spos.train`.
 
 Stages stay short recipes (setup, run, save) because the plumbing lives here once.
 """
@@ -8,51 +10,43 @@ from __future__ import annotations
 
 import functools
 import json
-import math
-import time
-from collections.abc import Callable, Iterator, Sequence
+import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from torch import nn
 
 from spos import data as spos_data
-from spos.arch import Arch
-from spos.config import DataConfig, RunConfig, save_config
+from spos.checkpoint import check_space, state_dict_sha256
+from spos.config import DataConfig, RunConfig
+from spos.cost import CostModel
 from spos.dist import Runtime
 from spos.errors import ConfigError, DataError
-from spos.io import atomic_write_text, write_json
-from spos.space import SearchSpace, create_space, make_rng
+from spos.io import write_json
+from spos.rundir import RunDir
+from spos.scoring import ScoringSession
+from spos.space import SearchSpace, create_space, seed_from
+from spos.supernet import build_supernet
 
 __all__ = [
     "Progress",
     "ProgressFactory",
     "null_progress",
-    "score_sharded",
+    "open_for_scoring",
+    "run_costs",
+    "write_run_facts",
     "PreparedData",
     "prepare_data",
     "place_dataset",
     "load_test_split",
     "train_stream",
     "eval_batches",
-    "seed_from",
     "build_space",
-    "make_sgd",
-    "learning_rate",
-    "MetricsLog",
-    "read_summary",
-    "update_summary",
-    "start_run",
-    "Stopwatch",
-    "TrainingWindow",
 ]
 
-
-def seed_from(seed: int, purpose: str) -> int:
-    """An integer seed for torch derived from the run seed and a purpose."""
-    return make_rng(seed, purpose).getrandbits(63)
+log = logging.getLogger(__name__)
 
 
 class Progress(Protocol):
@@ -327,180 +321,61 @@ def build_space(config: RunConfig, data: PreparedData | None = None) -> SearchSp
     return create_space(config.space.name, **updates) if updates else space
 
 
-def make_sgd(
-    model: nn.Module, *, lr: float, momentum: float, nesterov: bool, weight_decay: float
-) -> torch.optim.SGD:
-    """SGD with weight decay on conv and linear weights only (official recipe).
+def open_for_scoring(
+    config: RunConfig, payload: dict[str, Any], checkpoint_path: Path, runtime: Runtime
+) -> ScoringSession:
+    """A trained supernet checkpoint made ready to score paths as search does.
 
-    Parameters whose gradient is None in a step (candidates off the sampled path) get no
-    update at all: torch's SGD skips them, so no decay and no stale momentum step.
+    The space is checked against the checkpoint, the supernet is in eval mode on the device,
+    ``fingerprint`` is the hash of its weights, and ``scorer`` uses the ``search`` section's
+    recalibration/validation images and score metric.
     """
-    decay, no_decay = [], []
-    for parameter in model.parameters():
-        (decay if parameter.ndim > 1 else no_decay).append(parameter)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
+    data = prepare_data(config)
+    space = check_space(payload, build_space(config, data), path=checkpoint_path)
+    supernet = build_supernet(space)
+    supernet.load_state_dict(payload["state"]["model"])
+    fingerprint = state_dict_sha256(supernet.state_dict())
+    supernet = supernet.to(runtime.device)
+    if config.runtime.channels_last:
+        supernet = supernet.to(memory_format=torch.channels_last)
+    supernet.eval()
+    return ScoringSession(space, supernet, fingerprint, config, data, runtime)
 
 
-def learning_rate(step: int, *, total: int, peak: float, warmup: int, schedule: str) -> float:
-    """Learning rate at ``step`` (0-based): linear warm-up, then linear or cosine decay to 0."""
-    if warmup and step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    if schedule == "cosine":
-        return 0.5 * peak * (1 + math.cos(math.pi * progress))
-    return peak * (1 - progress)
+def write_run_facts(run: RunDir, space: SearchSpace, costs: CostModel, runtime: Runtime) -> None:
+    """Write the run's fixed facts, ``space.json`` and ``cost_table.json`` (main rank only),
+    unless the run directory already holds them unchanged. The first stage calls it; later
+    stages read them with :func:`run_costs` instead of measuring the space again."""
+    if not runtime.is_main:
+        return
+    for path, data in ((run.space_json, space.to_dict()), (run.cost_table, costs.to_dict())):
+        if _read_json(path) != data:
+            write_json(path, data)
 
 
-class MetricsLog:
-    """Append-only ``metrics.jsonl`` (and TensorBoard) on the main rank.
+def run_costs(run: RunDir, space: SearchSpace, runtime: Runtime) -> CostModel:
+    """The cost table of ``space`` from the run's ``cost_table.json``.
 
-    On resume, records past the checkpoint's step are dropped so the file reads as one run.
+    The table is used when the run's ``space.json`` describes ``space`` exactly (layout
+    included). A run directory written before these files existed gets them now (measured and
+    written); facts of another space (another config, ``--supernet`` from elsewhere) are left
+    alone and ``space`` is measured instead.
     """
-
-    def __init__(self, run_dir: Path, *, enabled: bool, resume_step: int) -> None:
-        self.path = run_dir / "metrics.jsonl"
-        self.enabled = enabled
-        self.writer = None
-        if not enabled:
-            return
-        if self.path.exists():
-            kept = [
-                line
-                for line in self.path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= resume_step
-            ]
-            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step + 1)
-        except ImportError:  # TensorBoard is optional; metrics.jsonl is the record
-            self.writer = None
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            step = int(record.get("step", 0))
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self.writer.add_scalar(key, value, step)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+    stored_space, table = _read_json(run.space_json), _read_json(run.cost_table)
+    if stored_space is None and table is None:
+        costs = CostModel.from_space(space)
+        write_run_facts(run, space, costs, runtime)
+        return costs
+    if stored_space != space.to_dict() or table is None:
+        log.info("%s does not hold the cost table of this space; measuring it", run.path)
+        return CostModel.from_space(space)
+    costs = CostModel.from_dict(table)
+    costs.check_space(space)
+    return costs
 
 
-def read_summary(run_dir: Path) -> dict[str, Any]:
-    """``summary.json`` of a run: one section per finished stage (empty if none)."""
-    path = Path(run_dir) / "summary.json"
-    if not path.exists():
-        return {}
+def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return {}
-
-
-def update_summary(run_dir: Path, section: str, data: dict[str, Any]) -> None:
-    """Set one stage's section of ``summary.json``, keeping the other stages' sections."""
-    summary = read_summary(run_dir)
-    summary[section] = data
-    write_json(Path(run_dir) / "summary.json", summary)
-
-
-def start_run(config: RunConfig, run_dir: Path, runtime: Runtime) -> None:
-    """Create the run directory and save the resolved config (main rank only)."""
-    if runtime.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / "config.yaml")
-    runtime.barrier()
-
-
-class TrainingWindow:
-    """Loss, accuracy and throughput accumulated between two metrics lines.
-
-    ``train_seconds`` sums the time of every flushed window, so evaluation time that the
-    caller excludes with :meth:`restart_clock` never counts as training time.
-    """
-
-    def __init__(self, train_seconds: float = 0.0) -> None:
-        self.train_seconds = train_seconds
-        self._reset()
-
-    def _reset(self) -> None:
-        self.loss_sum, self.correct, self.images = 0.0, 0, 0
-        self.grad_norms: list[float] = []
-        self.clock = Stopwatch()
-
-    def add(
-        self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, *, grad_norm: torch.Tensor | None = None
-    ) -> None:
-        """Count one step; ``grad_norm`` (the step's pre-clip gradient norm, the same on every
-        rank) is logged as the window's mean and max when given."""
-        self.loss_sum += float(loss.detach()) * labels.numel()
-        self.correct += int((logits.argmax(1) == labels).sum())
-        self.images += labels.numel()
-        if grad_norm is not None:
-            self.grad_norms.append(float(grad_norm))
-
-    def restart_clock(self) -> None:
-        self.clock = Stopwatch()
-
-    def flush(self, *, step: int, lr: float, runtime: Runtime) -> dict[str, Any]:
-        """The metrics line of the window over all ranks; starts a new window.
-
-        A collective under torchrun (every rank must call it at the same step): loss,
-        accuracy and image counts are summed over ranks, so the line describes the global
-        batch, as a single process would log it. Seconds are this rank's.
-        """
-        seconds = self.clock()
-        self.train_seconds += seconds
-        totals = torch.tensor([self.loss_sum, float(self.correct), float(self.images)], dtype=torch.float64)
-        loss_sum, correct, images = runtime.all_reduce_sum(totals.to(runtime.device)).tolist()
-        record = {
-            "step": step,
-            "loss": loss_sum / max(1.0, images),
-            "train_acc": 100.0 * correct / max(1.0, images),
-            "lr": lr,
-            "images_per_s": images / max(seconds, 1e-9),
-        }
-        if self.grad_norms:
-            record["grad_norm"] = sum(self.grad_norms) / len(self.grad_norms)
-            record["grad_norm_max"] = max(self.grad_norms)
-        self._reset()
-        return record
-
-
-class Stopwatch:
-    """Wall-clock seconds since construction (``time.perf_counter``)."""
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-
-    def __call__(self) -> float:
-        return time.perf_counter() - self.start
-
-
-def score_sharded(
-    archs: Sequence[Arch],
-    score: Callable[[Arch], float],
-    runtime: Runtime,
-    *,
-    on_score: Callable[[Arch, float], None] | None = None,
-) -> dict[str, float]:
-    """Score ``archs`` split across ranks (rank r takes every world_size-th); gather on all."""
-    mine: dict[str, float] = {}
-    for arch in list(archs)[runtime.rank :: runtime.world_size]:
-        mine[arch.key] = value = score(arch)
-        if on_score is not None:
-            on_score(arch, value)
-    gathered: dict[str, float] = {}
-    for shard in runtime.all_gather_objects(mine):
-        gathered.update(shard)
-    return gathered
+    except (OSError, json.JSONDecodeError):
+        return None
