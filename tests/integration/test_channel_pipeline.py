@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from spos.spaces.channel_catalog import WIDTH_SCALES
+from spos.spaces.shufflenet_channel import WIDTH_SCALES
 from tests.conftest import SMOKE, run_cli
 
 

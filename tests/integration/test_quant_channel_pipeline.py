@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from spos import create_space
 from spos.cost import CostModel
-from spos.spaces.quant_catalog import scaled_width
+from spos.spaces.resnet_quant import scaled_width
 from tests.conftest import SMOKE, run_cli
 
 LAYOUT = {"stage_repeats": [1, 1, 1], "stage_channels": [8, 16, 16]}

@@ -10,7 +10,7 @@ from scipy.stats import kendalltau, spearmanr
 
 from spos.cost import CostModel
 from spos.space import create_space
-from spos.spaces.catalog import nb201_to_arch_str
+from spos.spaces.nb201 import nb201_to_arch_str
 from tests.conftest import SMOKE, run_cli
 
 NB201 = [
