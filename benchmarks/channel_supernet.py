@@ -36,10 +36,11 @@ from pathlib import Path
 import torch
 
 from spos.config import load_config
+from spos.data.prepare import prepare_data
 from spos.dist import Runtime
 from spos.space import make_rng
 from spos.stages import train_supernet
-from spos.stages.common import build_space, prepare_data
+from spos.stages.common import build_space
 from spos.supernet import build_supernet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +52,7 @@ def train(name: str, overrides: list[str], run_dir: Path, runtime: Runtime) -> t
     started = time.perf_counter()
     train_supernet.run(config, run_dir, runtime=runtime)
     seconds = time.perf_counter() - started
-    data = prepare_data(config)
+    data = prepare_data(config.data, seed=config.seed)
     space = build_space(config, data)
     supernet = build_supernet(space)
     payload = torch.load(run_dir / train_supernet.CHECKPOINT_NAME, map_location="cpu", weights_only=False)

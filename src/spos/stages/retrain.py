@@ -43,27 +43,29 @@ from spos.checkpoint import check_space, load_checkpoint, save_checkpoint, state
 from spos.childnet import build_child, inherit_weights
 from spos.config import RunConfig, config_to_dict
 from spos.cost import CostModel
+from spos.data.prepare import (
+    PreparedData,
+    eval_batches,
+    load_test_split,
+    place_dataset,
+    prepare_data,
+    train_stream,
+)
 from spos.dist import Runtime
 from spos.errors import ArchError, CheckpointError
 from spos.io import atomic_write_bytes
 from spos.space import SearchSpace
 from spos.stages.common import (
     MetricsLog,
-    PreparedData,
     ProgressFactory,
     TrainingWindow,
     build_space,
-    eval_batches,
     learning_rate,
-    load_test_split,
     make_sgd,
     null_progress,
-    place_dataset,
-    prepare_data,
     read_summary,
     seed_from,
     start_run,
-    train_stream,
     update_summary,
 )
 from spos.stages.train_supernet import CHECKPOINT_NAME as SUPERNET_CHECKPOINT_NAME
@@ -193,14 +195,14 @@ def run(
     out_dir = run_dir / RETRAIN_DIR
     checkpoint_path = out_dir / CHECKPOINT_NAME
     arch_file = Path(arch_path) if arch_path is not None else run_dir / "arch.json"
-    data = prepare_data(config)
+    data = prepare_data(config.data, seed=config.seed)
     data = dataclasses.replace(
         data, train=place_dataset(data.train, runtime), val=place_dataset(data.val, runtime)
     )
     space = build_space(config, data)
     arch = _load_arch(arch_file, space)
     stream = train_stream(
-        config,
+        config.data,
         data,
         runtime,
         batch_size=cfg.batch_size,
@@ -350,7 +352,7 @@ def run(
 
     if cfg.bn_postprocess and not bn_postprocessed:
         postprocess_stream = train_stream(
-            config,
+            config.data,
             data,
             runtime,
             batch_size=cfg.batch_size,
@@ -373,7 +375,7 @@ def run(
     if runtime.is_main:
         test = evaluate(
             child,
-            load_test_split(config, classes=data.train.classes),
+            load_test_split(config.data, seed=config.seed, classes=data.train.classes),
             data,
             runtime,
             batch_size=eval_batch_size,

@@ -28,6 +28,7 @@ from spos import data as spos_data
 from spos.checkpoint import check_space, load_checkpoint, save_checkpoint, state_dict_sha256
 from spos.config import RunConfig, config_to_dict
 from spos.cost import CostModel
+from spos.data.prepare import PreparedData, eval_batches, place_dataset, prepare_data, train_stream
 from spos.dist import Runtime
 from spos.errors import CheckpointError
 from spos.groundtruth import GroundTruth
@@ -36,20 +37,15 @@ from spos.scoring import ArchScorer
 from spos.space import SearchSpace, make_rng
 from spos.stages.common import (
     MetricsLog,
-    PreparedData,
     ProgressFactory,
     TrainingWindow,
     build_space,
-    eval_batches,
     learning_rate,
     make_sgd,
     null_progress,
-    place_dataset,
-    prepare_data,
     read_summary,
     seed_from,
     start_run,
-    train_stream,
     update_summary,
 )
 from spos.stats import rank_correlations
@@ -192,7 +188,7 @@ def open_for_scoring(
     ``fingerprint`` is the hash of its weights, and ``scorer`` uses the ``search`` section's
     recalibration/validation images and score metric.
     """
-    data = prepare_data(config)
+    data = prepare_data(config.data, seed=config.seed)
     space = check_space(payload, build_space(config, data), path=checkpoint_path)
     supernet = build_supernet(space)
     supernet.load_state_dict(payload["state"]["model"])
@@ -215,7 +211,7 @@ def run(
     cfg = config.supernet
     run_dir = Path(run_dir)
     checkpoint_path = run_dir / CHECKPOINT_NAME
-    data = prepare_data(config)
+    data = prepare_data(config.data, seed=config.seed)
     data = dataclasses.replace(
         data, train=place_dataset(data.train, runtime), val=place_dataset(data.val, runtime)
     )
@@ -263,7 +259,7 @@ def run(
         ),
     )
     stream = train_stream(
-        config,
+        config.data,
         data,
         runtime,
         batch_size=cfg.batch_size,
