@@ -373,12 +373,12 @@ def test_import_needs_no_torch() -> None:
 def test_a_failing_plot_becomes_a_skipped_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import spos.report
+    import spos.report.sections
 
     def broken(*args: Any, **kwargs: Any) -> None:
         raise ValueError("odd record")
 
-    monkeypatch.setattr(spos.report, "_plot_rank_scatter", broken)
+    monkeypatch.setattr(spos.report.sections, "_plot_rank_scatter", broken)
     make_full_run(tmp_path / "run")
     page = write_report(tmp_path / "run").read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") == len(ALL_PLOTS) - 1
