@@ -28,6 +28,7 @@ from spos.report.plots import (
 from spos.report.tables import _format_value
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 
@@ -129,60 +130,95 @@ def _plot_accuracy_vs_flops(
     figure = _new_figure(9.0, 5.8)
     axes = figure.subplots()
     if base_points:
-        axes.scatter(
-            [f / scale for f, _ in base_points],
-            [s for _, s in base_points],
-            marker="x",
-            s=28,
-            color=_BASELINE_COLOR,
-            alpha=0.7,
-            linewidths=1.2,
-            label=f"random baseline ({len(base_points)})",
-            zorder=2,
-        )
+        _scatter_baseline(axes, base_points, scale=scale)
     if points:
-        import matplotlib
-        from matplotlib.colors import BoundaryNorm
-        from matplotlib.ticker import MaxNLocator
-
-        generations = [int(g or 0) for _, _, g in points]
-        first, last = min(generations), max(generations)
-        # One discrete colour per generation, so the colour bar reads as whole generations.
-        colormap = matplotlib.colormaps["viridis"].resampled(last - first + 1)
-        norm = BoundaryNorm([g - 0.5 for g in range(first, last + 2)], colormap.N)
-        scatter = axes.scatter(
-            [f / scale for f, _, _ in points],
-            [s for _, s, _ in points],
-            c=generations,
-            cmap=colormap,
-            norm=norm,
-            s=26,
-            alpha=0.9,
-            edgecolors="none",
-            label=f"search candidates ({len(points)})",
-            zorder=3,
-        )
-        if last > first:
-            colorbar = figure.colorbar(scatter, ax=axes, pad=0.01)
-            colorbar.set_label("generation")
-            colorbar.locator = MaxNLocator(integer=True)
-            colorbar.update_ticks()
+        _scatter_candidates(figure, axes, points, scale=scale)
         front = [points[i] for i in pareto_front([(f, s) for f, s, _ in points])]
-        axes.step(
-            [f / scale for f, _, _ in front],
-            [s for _, s, _ in front],
-            where="post",
-            color=_FRONT_COLOR,
-            linewidth=1.8,
-            marker="o",
-            markersize=4,
-            markerfacecolor="none",
-            label=f"Pareto front ({len(front)})",
-            zorder=4,
-        )
+        _draw_front(axes, front, scale=scale)
     low = min(all_flops, default=0.0) / scale
     high = max(all_flops, default=1.0) / scale
     margin = max((high - low) * 0.15, abs(high) * 0.02, 1e-9)
+    _draw_bounds(axes, constraints, scale=scale, unit=unit, view=(low - margin, high + margin))
+    if chosen is not None:
+        _mark_chosen(axes, chosen, scale=scale, unit=unit, right_half=chosen[0] / scale > (low + high) / 2)
+    axes.set_xlabel(f"FLOPs ({unit}, multiply-accumulates)")
+    axes.set_ylabel("validation top-1 (%)\n(supernet weights)")
+    axes.set_title("Accuracy against cost of every evaluated architecture")
+    figure.legend(
+        loc="outside lower center", ncol=3, fontsize=9.5, frameon=False
+    )  # keeps the points visible
+    return figure
+
+
+def _scatter_baseline(axes: Axes, points: Sequence[tuple[float, float]], *, scale: float) -> None:
+    axes.scatter(
+        [f / scale for f, _ in points],
+        [s for _, s in points],
+        marker="x",
+        s=28,
+        color=_BASELINE_COLOR,
+        alpha=0.7,
+        linewidths=1.2,
+        label=f"random baseline ({len(points)})",
+        zorder=2,
+    )
+
+
+def _scatter_candidates(
+    figure: Figure,
+    axes: Axes,
+    points: Sequence[tuple[float, float, float | None]],
+    *,
+    scale: float,
+) -> None:
+    """The search candidates coloured by generation, with a colour bar if there are several."""
+    import matplotlib
+    from matplotlib.colors import BoundaryNorm
+    from matplotlib.ticker import MaxNLocator
+
+    generations = [int(g or 0) for _, _, g in points]
+    first, last = min(generations), max(generations)
+    # One discrete colour per generation, so the colour bar reads as whole generations.
+    colormap = matplotlib.colormaps["viridis"].resampled(last - first + 1)
+    norm = BoundaryNorm([g - 0.5 for g in range(first, last + 2)], colormap.N)
+    scatter = axes.scatter(
+        [f / scale for f, _, _ in points],
+        [s for _, s, _ in points],
+        c=generations,
+        cmap=colormap,
+        norm=norm,
+        s=26,
+        alpha=0.9,
+        edgecolors="none",
+        label=f"search candidates ({len(points)})",
+        zorder=3,
+    )
+    if last > first:
+        colorbar = figure.colorbar(scatter, ax=axes, pad=0.01)
+        colorbar.set_label("generation")
+        colorbar.locator = MaxNLocator(integer=True)
+        colorbar.update_ticks()
+
+
+def _draw_front(axes: Axes, front: Sequence[Sequence[Any]], *, scale: float) -> None:
+    axes.step(
+        [p[0] / scale for p in front],
+        [p[1] for p in front],
+        where="post",
+        color=_FRONT_COLOR,
+        linewidth=1.8,
+        marker="o",
+        markersize=4,
+        markerfacecolor="none",
+        label=f"Pareto front ({len(front)})",
+        zorder=4,
+    )
+
+
+def _draw_bounds(
+    axes: Axes, constraints: Any, *, scale: float, unit: str, view: tuple[float, float]
+) -> None:
+    """A dashed line per FLOPs bound; a bound outside ``view`` only gets a legend entry."""
     for constraint in _constraint_list(constraints):
         if str(constraint.get("metric")) != "flops":
             continue
@@ -191,63 +227,47 @@ def _plot_accuracy_vs_flops(
             if bound is None:
                 continue
             label = f"FLOPs {word} {bound / scale:.4g} {unit}"
-            if low - margin <= bound / scale <= high + margin:
-                axes.axvline(
-                    bound / scale,
-                    color="black",
-                    linestyle="--",
-                    linewidth=1.2,
-                    label=label,
-                    zorder=1,
-                )
+            style = {"color": "black", "linestyle": "--", "linewidth": 1.2}
+            if view[0] <= bound / scale <= view[1]:
+                axes.axvline(bound / scale, label=label, zorder=1, **style)
             else:
-                axes.plot(
-                    [],
-                    [],
-                    color="black",
-                    linestyle="--",
-                    linewidth=1.2,
-                    label=f"{label} (off-scale)",
-                )
-    if chosen is not None:
-        x, y = chosen[0] / scale, chosen[1]
-        axes.scatter(
-            [x], [y], marker="*", s=420, color="gold", edgecolors="black", linewidths=1.2, zorder=6
-        )
-        axes.plot(
-            [],
-            [],
-            linestyle="none",
-            marker="*",
-            markersize=13,
-            color="gold",
-            markeredgecolor="black",
-            label="chosen (arch.json)",
-        )
-        right_half = x > (low + high) / 2
-        axes.annotate(
-            f"chosen\n{y:.2f} %, {x:.4g} {unit}",
-            (x, y),
-            xytext=(-95 if right_half else 25, -48),
-            textcoords="offset points",
-            fontsize=10,
-            fontweight="bold",
-            arrowprops={"arrowstyle": "->", "color": "black"},
-            bbox={
-                "boxstyle": "round,pad=0.3",
-                "facecolor": "white",
-                "edgecolor": "0.6",
-                "alpha": 0.9,
-            },
-            zorder=7,
-        )
-    axes.set_xlabel(f"FLOPs ({unit}, multiply-accumulates)")
-    axes.set_ylabel("validation top-1 (%)\n(supernet weights)")
-    axes.set_title("Accuracy against cost of every evaluated architecture")
-    figure.legend(
-        loc="outside lower center", ncol=3, fontsize=9.5, frameon=False
-    )  # keeps the points visible
-    return figure
+                axes.plot([], [], label=f"{label} (off-scale)", **style)
+
+
+def _mark_chosen(
+    axes: Axes, chosen: tuple[float, float], *, scale: float, unit: str, right_half: bool
+) -> None:
+    """A gold star with an annotation at ``arch.json``'s point, pointing inwards."""
+    x, y = chosen[0] / scale, chosen[1]
+    axes.scatter(
+        [x], [y], marker="*", s=420, color="gold", edgecolors="black", linewidths=1.2, zorder=6
+    )
+    axes.plot(
+        [],
+        [],
+        linestyle="none",
+        marker="*",
+        markersize=13,
+        color="gold",
+        markeredgecolor="black",
+        label="chosen (arch.json)",
+    )
+    axes.annotate(
+        f"chosen\n{y:.2f} %, {x:.4g} {unit}",
+        (x, y),
+        xytext=(-95 if right_half else 25, -48),
+        textcoords="offset points",
+        fontsize=10,
+        fontweight="bold",
+        arrowprops={"arrowstyle": "->", "color": "black"},
+        bbox={
+            "boxstyle": "round,pad=0.3",
+            "facecolor": "white",
+            "edgecolor": "0.6",
+            "alpha": 0.9,
+        },
+        zorder=7,
+    )
 
 
 def _constraint_list(constraints: Any) -> list[Mapping[str, Any]]:

@@ -85,112 +85,125 @@ def _short_hash(value: Any) -> str:
     return f"{value[:12]}…" if isinstance(value, str) and len(value) > 12 else _format_value(value)
 
 
-def _key_figures(run: _RunFiles) -> list[tuple[str, str, str]]:
+_Row = tuple[str, str, str]
+
+
+def _key_figures(run: _RunFiles) -> list[_Row]:
     """``(stage, quantity, value)`` rows of the headline numbers that exist."""
-    rows: list[tuple[str, str, str]] = []
+    return [
+        *_supernet_figures(run),
+        *_search_figures(_section(run.summary, "search")),
+        *_retrain_figures(_section(run.summary, "retrain")),
+        *_export_figures(_section(run.summary, "export")),
+        *_rank_figures(run.rank),
+    ]
+
+
+def _coverage_counts(coverage: Any) -> list[Any]:
+    """Every per-option training count of ``summary.json``'s ``supernet.coverage``."""
+    if not isinstance(coverage, dict):
+        return []
+    return [
+        n
+        for c in coverage.values()
+        if isinstance(c, dict)
+        for n in c.values()
+        if _number(n) is not None
+    ]
+
+
+def _supernet_figures(run: _RunFiles) -> list[_Row]:
     supernet = _section(run.summary, "supernet")
-    if supernet:
-        coverage = supernet.get("coverage")
-        counts = (
-            [
-                n
-                for c in coverage.values()
-                if isinstance(c, dict)
-                for n in c.values()
-                if _number(n) is not None
-            ]
-            if isinstance(coverage, dict)
-            else []
-        )
-        rows += [
-            ("supernet", "steps", _format_value(supernet.get("steps"))),
-            ("supernet", "sampler", _format_value(supernet.get("sampler"))),
-            ("supernet", "throughput", f"{_format_value(supernet.get('images_per_s'))} img/s"),
-            ("supernet", "training time", _format_seconds(supernet.get("train_seconds"))),
-            ("supernet", "panel mean val. acc.", _format_percent(supernet.get("panel_mean_acc"))),
-            ("supernet", "panel best val. acc.", _format_percent(supernet.get("panel_best_acc"))),
-        ]
-        if counts:
-            rows.append(
-                ("supernet", "coverage min / max", f"{min(counts):.0f} / {max(counts):.0f}")
-            )
-        if supernet.get("weights_sha256"):
-            rows.append(("supernet", "weights sha256", _short_hash(supernet["weights_sha256"])))
-    elif run.metrics:
+    if not supernet:
+        if not run.metrics:
+            return []
         steps = [s for s in (_number(r.get("step")) for r in run.metrics) if s is not None]
+        logged = _format_value(int(max(steps))) if steps else "—"
+        return [("supernet", "steps logged (unfinished)", logged)]
+    rows = [
+        ("supernet", "steps", _format_value(supernet.get("steps"))),
+        ("supernet", "sampler", _format_value(supernet.get("sampler"))),
+        ("supernet", "throughput", f"{_format_value(supernet.get('images_per_s'))} img/s"),
+        ("supernet", "training time", _format_seconds(supernet.get("train_seconds"))),
+        ("supernet", "panel mean val. acc.", _format_percent(supernet.get("panel_mean_acc"))),
+        ("supernet", "panel best val. acc.", _format_percent(supernet.get("panel_best_acc"))),
+    ]
+    counts = _coverage_counts(supernet.get("coverage"))
+    if counts:
+        rows.append(("supernet", "coverage min / max", f"{min(counts):.0f} / {max(counts):.0f}"))
+    if supernet.get("weights_sha256"):
+        rows.append(("supernet", "weights sha256", _short_hash(supernet["weights_sha256"])))
+    return rows
+
+
+def _search_figures(search: Mapping[str, Any]) -> list[_Row]:
+    if not search:
+        return []
+    costs = search.get("best_costs") if isinstance(search.get("best_costs"), dict) else {}
+    rows = [
+        ("search", "strategy", _format_value(search.get("strategy"))),
+        ("search", "evaluations", _format_value(search.get("evaluations"))),
+        ("search", "generations", _format_value(search.get("generations"))),
+        ("search", "search time", _format_seconds(search.get("seconds"))),
+        ("search", "best val. score", _format_percent(search.get("best_score"))),
+        ("search", "best FLOPs (multiply-accumulates)", _format_count(costs.get("flops"), "FLOPs")),
+        ("search", "best params", _format_count(costs.get("params"))),
+        ("search", "constraints", _format_constraints(search.get("constraints"))),
+    ]
+    if costs.get("params_total") is not None:
         rows.append(
-            (
-                "supernet",
-                "steps logged (unfinished)",
-                _format_value(int(max(steps))) if steps else "—",
-            )
+            ("search", "best params (every parameter)", _format_count(costs["params_total"]))
         )
-    search = _section(run.summary, "search")
-    if search:
-        costs = search.get("best_costs") if isinstance(search.get("best_costs"), dict) else {}
+    for key in ("latency", "bitops"):
+        if costs.get(key) is not None:
+            rows.append(("search", f"best {key}", _format_value(costs[key])))
+    baseline = _section(search, "baseline")
+    if baseline:
         rows += [
-            ("search", "strategy", _format_value(search.get("strategy"))),
-            ("search", "evaluations", _format_value(search.get("evaluations"))),
-            ("search", "generations", _format_value(search.get("generations"))),
-            ("search", "search time", _format_seconds(search.get("seconds"))),
-            ("search", "best val. score", _format_percent(search.get("best_score"))),
-            (
-                "search",
-                "best FLOPs (multiply-accumulates)",
-                _format_count(costs.get("flops"), "FLOPs"),
-            ),
-            ("search", "best params", _format_count(costs.get("params"))),
-            ("search", "constraints", _format_constraints(search.get("constraints"))),
+            ("search", "random baseline best", _format_percent(baseline.get("best_score"))),
+            ("search", "random baseline evaluations", _format_value(baseline.get("evaluations"))),
+            ("search", "evolution beats baseline", _format_value(search.get("beats_baseline"))),
         ]
-        if costs.get("params_total") is not None:
-            rows.append(
-                ("search", "best params (every parameter)", _format_count(costs["params_total"]))
-            )
-        for key in ("latency", "bitops"):
-            if costs.get(key) is not None:
-                rows.append(("search", f"best {key}", _format_value(costs[key])))
-        baseline = _section(search, "baseline")
-        if baseline:
-            rows += [
-                ("search", "random baseline best", _format_percent(baseline.get("best_score"))),
-                (
-                    "search",
-                    "random baseline evaluations",
-                    _format_value(baseline.get("evaluations")),
-                ),
-                ("search", "evolution beats baseline", _format_value(search.get("beats_baseline"))),
-            ]
-    retrain = _section(run.summary, "retrain")
-    if retrain:
-        rows += [
-            ("retrain", "test top-1", _format_percent(retrain.get("test_top1"))),
-            ("retrain", "test top-5", _format_percent(retrain.get("test_top5"))),
-            ("retrain", "params", _format_count(retrain.get("params"))),
-            (
-                "retrain",
-                "FLOPs (multiply-accumulates)",
-                _format_count(retrain.get("flops"), "FLOPs"),
-            ),
-            ("retrain", "epochs", _format_value(retrain.get("epochs"))),
-            ("retrain", "training time", _format_seconds(retrain.get("seconds"))),
-        ]
-    for key, value in _section(run.summary, "export").items():
-        if key in {"stage"}:
-            continue
-        text = _short_hash(value) if "sha" in key else _format_value(value)
-        rows.append(("export", key.replace("_", " "), text))
-    if run.rank is not None:
+    return rows
+
+
+def _retrain_figures(retrain: Mapping[str, Any]) -> list[_Row]:
+    if not retrain:
+        return []
+    return [
+        ("retrain", "test top-1", _format_percent(retrain.get("test_top1"))),
+        ("retrain", "test top-5", _format_percent(retrain.get("test_top5"))),
+        ("retrain", "params", _format_count(retrain.get("params"))),
+        ("retrain", "FLOPs (multiply-accumulates)", _format_count(retrain.get("flops"), "FLOPs")),
+        ("retrain", "epochs", _format_value(retrain.get("epochs"))),
+        ("retrain", "training time", _format_seconds(retrain.get("seconds"))),
+    ]
+
+
+def _export_figures(export: Mapping[str, Any]) -> list[_Row]:
+    return [
+        ("export", key.replace("_", " "), _short_hash(value) if "sha" in key else _format_value(value))
+        for key, value in export.items()
+        if key != "stage"
+    ]
+
+
+def _rank_figures(rank: Mapping[str, Any] | None) -> list[_Row]:
+    if rank is None:
+        return []
+    rows = [
+        ("rank", name, f"{rank[key]:.3f}")
         for key, name in (
             ("kendall_tau", "Kendall tau"),
             ("spearman_rho", "Spearman rho"),
             ("precision_at_5pct", "precision@5%"),
             ("precision_at_10pct", "precision@10%"),
-        ):
-            if _number(run.rank.get(key)) is not None:
-                rows.append(("rank", name, f"{run.rank[key]:.3f}"))
-        params_tau = _params_baseline_tau(run.rank)
-        if params_tau is not None:
-            rows.append(("rank", "Kendall tau of params alone (baseline)", f"{params_tau:.3f}"))
+        )
+        if _number(rank.get(key)) is not None
+    ]
+    params_tau = _params_baseline_tau(rank)
+    if params_tau is not None:
+        rows.append(("rank", "Kendall tau of params alone (baseline)", f"{params_tau:.3f}"))
     return rows
 
 
