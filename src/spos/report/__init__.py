@@ -2,9 +2,11 @@
 
 :func:`write_report` reads what the stages left in ``runs/<name>/`` (``config.yaml``,
 ``metrics.jsonl``, ``summary.json``, ``history.jsonl``, ``baseline/history.jsonl``,
-``arch.json``, ``retrain/metrics.jsonl``, ``rank/rank.json``) and writes ``report/``: one PNG per
-plot, a self-contained ``index.html`` (plots embedded as ``data:`` URIs, inline CSS, no external
-assets) and a ``README.md`` that shows the same plots from the PNG files next to it.
+``pareto.json``, ``arch.json``, ``retrain/metrics.jsonl``, ``rank/rank.json``) and writes
+``report/``: one PNG per plot, a self-contained ``index.html`` (plots embedded as ``data:`` URIs,
+inline CSS, no external assets) and a ``README.md`` that shows the same plots from the PNG files
+next to it. The accuracy-against-cost plot runs along the cost ``pareto.json`` was computed on
+(BitOps for a mixed-precision search) and draws its front; without the file, along FLOPs.
 
 Every section is optional. A section whose input files are missing (a run that only trained its
 supernet, say) or unreadable is skipped with a one-line note, so the report of a partial or

@@ -32,6 +32,7 @@ class _RunFiles:
     arch: dict[str, Any] | None
     retrain_metrics: list[dict[str, Any]]
     rank: dict[str, Any] | None
+    pareto: dict[str, Any] | None = None  # pareto.json: {"x": metric, "y": "score", "front": [...]}
     unreadable: dict[str, str] = field(default_factory=dict)  # relative path -> reason
 
 
@@ -97,6 +98,7 @@ def _read_run(run_dir: Path) -> _RunFiles:
         arch=_read_json(run_dir / "arch.json", unreadable, name="arch.json"),
         retrain_metrics=_read_jsonl(run_dir / "retrain" / "metrics.jsonl"),
         rank=_read_json(run_dir / "rank" / "rank.json", unreadable, name="rank/rank.json"),
+        pareto=_read_json(run_dir / "pareto.json", unreadable, name="pareto.json"),
         unreadable=unreadable,
     )
 

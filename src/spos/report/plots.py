@@ -56,16 +56,16 @@ _FRONT_COLOR = "#d62728"
 _SMOOTH_ABOVE = 60  # points; denser curves get a smoothed line over the raw one
 
 
-def _flops_scale(values: Sequence[float]) -> tuple[float, str]:
-    """Divisor and unit name so FLOPs read as a few digits (MFLOPs for ImageNet-size nets)."""
+def _count_scale(values: Sequence[float], name: str = "FLOPs") -> tuple[float, str]:
+    """Divisor and unit so counts read as a few digits (``MFLOPs`` for ImageNet-size nets)."""
     largest = max((abs(v) for v in values), default=0.0)
     if largest >= 1e10:
-        return 1e9, "GFLOPs"
+        return 1e9, f"G{name}"
     if largest >= 1e5:
-        return 1e6, "MFLOPs"
+        return 1e6, f"M{name}"
     if largest >= 1e2:
-        return 1e3, "kFLOPs"
-    return 1.0, "FLOPs"
+        return 1e3, f"k{name}"
+    return 1.0, name
 
 
 @contextlib.contextmanager

@@ -21,8 +21,8 @@ from spos.report.plots import (
     _FRONT_COLOR,
     _MAIN_COLOR,
     _MEAN_COLOR,
+    _count_scale,
     _ellipsis,
-    _flops_scale,
     _new_figure,
 )
 from spos.report.tables import _format_value
@@ -103,45 +103,93 @@ def _plot_search_progress(
     return figure
 
 
-def _plot_accuracy_vs_flops(
+#: How the accuracy-against-cost plot names the cost metrics of ``history.jsonl`` that are
+#: counts: ``(axis name, what is counted)``. Counts get SI prefixes (``MFLOPs``); any other
+#: metric (latency) is plotted as recorded, under its own name.
+_COST_AXES = {
+    "flops": ("FLOPs", "multiply-accumulates"),
+    "bitops": ("BitOps", "FLOPs × weight bits × activation bits"),
+    "params": ("params", "conv and linear weights"),
+    "params_total": ("params", "every parameter"),
+    "size_bits": ("bits", "model size"),
+}
+
+
+def _metric_name(metric: str) -> str:
+    """``"bitops"`` -> ``"BitOps"``: how captions name a cost metric."""
+    return _COST_AXES[metric][0] if metric in _COST_AXES else metric
+
+
+def _cost_axis(metric: str, values: Sequence[float]) -> tuple[float, str, str]:
+    """``(divisor, unit, axis label)`` of the cost axis, e.g. ``(1e6, "MFLOPs", ...)``."""
+    if metric not in _COST_AXES:
+        return 1.0, "", metric
+    name, meaning = _COST_AXES[metric]
+    scale, unit = _count_scale(values, name)
+    return scale, unit, f"{name} ({unit}, {meaning})"
+
+
+def _cost_points(
+    records: Sequence[Mapping[str, Any]], metric: str
+) -> list[tuple[float, float, float | None]]:
+    """``(cost, score, generation)`` of the records that have a cost and a score."""
+    return [
+        (x, s, g)
+        for x, s, g in (
+            (_number(r.get(metric)), _number(r.get("score")), _number(r.get("generation")))
+            for r in records
+        )
+        if x is not None and s is not None
+    ]
+
+
+def _plot_accuracy_vs_cost(
     history: list[dict[str, Any]],
     baseline: list[dict[str, Any]],
     *,
+    metric: str,
+    front: Sequence[Mapping[str, Any]] | None,
     chosen: tuple[float, float] | None,
     constraints: Any,
 ) -> Figure:
-    points = [
-        (f, s, g)
-        for f, s, g in (
-            (_number(r.get("flops")), _number(r.get("score")), _number(r.get("generation")))
-            for r in history
-        )
-        if f is not None and s is not None
-    ]
-    base_points = [
-        (f, s)
-        for f, s in ((_number(r.get("flops")), _number(r.get("score"))) for r in baseline)
-        if f is not None and s is not None
-    ]
-    all_flops = (
+    """Every evaluated architecture's score against its ``metric`` cost, with the Pareto front.
+
+    Args:
+        history: Scored search records (``history.jsonl``).
+        baseline: Scored random-baseline records.
+        metric: The cost along the x axis: the one ``pareto.json`` was computed along (BitOps
+            for a mixed-precision search, whose FLOPs do not vary), else ``"flops"``.
+        front: ``pareto.json``'s front records, by increasing cost; ``None`` computes the front
+            of ``history`` along ``metric``.
+        chosen: ``(cost, score)`` of ``arch.json``.
+        constraints: The search constraints; bounds on ``metric`` are drawn.
+    """
+    points = _cost_points(history, metric)
+    base_points = [(x, s) for x, s, _ in _cost_points(baseline, metric)]
+    all_costs = (
         [p[0] for p in points] + [p[0] for p in base_points] + ([chosen[0]] if chosen else [])
     )
-    scale, unit = _flops_scale(all_flops)
+    scale, unit, label = _cost_axis(metric, all_costs)
     figure = _new_figure(9.0, 5.8)
     axes = figure.subplots()
     if base_points:
         _scatter_baseline(axes, base_points, scale=scale)
     if points:
         _scatter_candidates(figure, axes, points, scale=scale)
-        front = [points[i] for i in pareto_front([(f, s) for f, s, _ in points])]
-        _draw_front(axes, front, scale=scale)
-    low = min(all_flops, default=0.0) / scale
-    high = max(all_flops, default=1.0) / scale
+        if front is None:
+            front_points = [points[i] for i in pareto_front([(x, s) for x, s, _ in points])]
+        else:
+            front_points = _cost_points(front, metric)
+        _draw_front(axes, front_points, scale=scale)
+    low = min(all_costs, default=0.0) / scale
+    high = max(all_costs, default=1.0) / scale
     margin = max((high - low) * 0.15, abs(high) * 0.02, 1e-9)
-    _draw_bounds(axes, constraints, scale=scale, unit=unit, view=(low - margin, high + margin))
+    _draw_bounds(
+        axes, constraints, metric=metric, scale=scale, unit=unit, view=(low - margin, high + margin)
+    )
     if chosen is not None:
         _mark_chosen(axes, chosen, scale=scale, unit=unit, right_half=chosen[0] / scale > (low + high) / 2)
-    axes.set_xlabel(f"FLOPs ({unit}, multiply-accumulates)")
+    axes.set_xlabel(label)
     axes.set_ylabel("validation top-1 (%)\n(supernet weights)")
     axes.set_title("Accuracy against cost of every evaluated architecture")
     figure.legend(
@@ -216,17 +264,23 @@ def _draw_front(axes: Axes, front: Sequence[Sequence[Any]], *, scale: float) -> 
 
 
 def _draw_bounds(
-    axes: Axes, constraints: Any, *, scale: float, unit: str, view: tuple[float, float]
+    axes: Axes,
+    constraints: Any,
+    *,
+    metric: str,
+    scale: float,
+    unit: str,
+    view: tuple[float, float],
 ) -> None:
-    """A dashed line per FLOPs bound; a bound outside ``view`` only gets a legend entry."""
+    """A dashed line per bound on ``metric``; a bound outside ``view`` only gets a legend entry."""
     for constraint in _constraint_list(constraints):
-        if str(constraint.get("metric")) != "flops":
+        if str(constraint.get("metric")) != metric:
             continue
         for key, word in (("min", "min"), ("max", "max")):
             bound = _number(constraint.get(key))
             if bound is None:
                 continue
-            label = f"FLOPs {word} {bound / scale:.4g} {unit}"
+            label = f"{_metric_name(metric)} {word} {bound / scale:.4g} {unit}".rstrip()
             style = {"color": "black", "linestyle": "--", "linewidth": 1.2}
             if view[0] <= bound / scale <= view[1]:
                 axes.axvline(bound / scale, label=label, zorder=1, **style)
@@ -253,7 +307,7 @@ def _mark_chosen(
         label="chosen (arch.json)",
     )
     axes.annotate(
-        f"chosen\n{y:.2f} %, {x:.4g} {unit}",
+        f"chosen\n{y:.2f} %, {x:.4g} {unit}".rstrip(),
         (x, y),
         xytext=(-95 if right_half else 25, -48),
         textcoords="offset points",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from spos.report.files import _dotted, _number, _RunFiles, _section
 from spos.report.plots import (
@@ -22,7 +22,8 @@ from spos.report.plots import (
     _style,
 )
 from spos.report.search_plots import (
-    _plot_accuracy_vs_flops,
+    _metric_name,
+    _plot_accuracy_vs_cost,
     _plot_architecture,
     _plot_search_progress,
 )
@@ -129,19 +130,36 @@ def _supernet_section(builder: _Builder, run: _RunFiles) -> None:
         section.skipped.append("Training coverage: skipped (no supernet.coverage in summary.json)")
 
 
-def _chosen_point(run: _RunFiles) -> tuple[float, float] | None:
-    """``(flops, score)`` of ``arch.json``, looked up in the history when it lacks them."""
+def _cost_metric(run: _RunFiles) -> str:
+    """The cost the search's Pareto front runs along: ``pareto.json``'s ``x`` (BitOps for a
+    mixed-precision search, whose FLOPs do not vary), else FLOPs."""
+    metric = run.pareto.get("x") if run.pareto is not None else None
+    return metric if isinstance(metric, str) and metric else "flops"
+
+
+def _pareto_records(run: _RunFiles, metric: str) -> list[dict[str, Any]] | None:
+    """``pareto.json``'s front along ``metric``; ``None`` when the file does not give one."""
+    if run.pareto is None or run.pareto.get("x") != metric:
+        return None
+    front = run.pareto.get("front")
+    if not isinstance(front, list):
+        return None
+    return [record for record in front if isinstance(record, dict)]
+
+
+def _chosen_point(run: _RunFiles, metric: str) -> tuple[float, float] | None:
+    """``(cost, score)`` of ``arch.json``, looked up in the history when it lacks them."""
     if run.arch is None:
         return None
     costs = run.arch.get("costs") if isinstance(run.arch.get("costs"), dict) else {}
-    flops, score = _number(costs.get("flops")), _number(run.arch.get("score"))
-    if flops is None or score is None:
+    cost, score = _number(costs.get(metric)), _number(run.arch.get("score"))
+    if cost is None or score is None:
         for record in run.history:
             if record.get("arch") == run.arch.get("arch"):
-                flops = flops if flops is not None else _number(record.get("flops"))
+                cost = cost if cost is not None else _number(record.get(metric))
                 score = score if score is not None else _number(record.get("score"))
                 break
-    return (flops, score) if flops is not None and score is not None else None
+    return (cost, score) if cost is not None and score is not None else None
 
 
 def _search_section(builder: _Builder, run: _RunFiles) -> None:
@@ -149,9 +167,11 @@ def _search_section(builder: _Builder, run: _RunFiles) -> None:
     search = _section(run.summary, "search")
     strategy = str(search.get("strategy") or _dotted(run.config, "search.strategy") or "search")
     scored = [r for r in run.history if _number(r.get("score")) is not None]
+    metric = _cost_metric(run)
+    name = _metric_name(metric)
     if not scored:
         section.skipped.append(
-            "Search progress and accuracy against FLOPs: skipped (no history.jsonl)"
+            f"Search progress and accuracy against {name}: skipped (no history.jsonl)"
         )
         return
     baseline = [r for r in run.baseline_history if _number(r.get("score")) is not None]
@@ -164,17 +184,24 @@ def _search_section(builder: _Builder, run: _RunFiles) -> None:
     if not baseline:
         section.skipped.append("Random-search baseline: skipped (no baseline/history.jsonl)")
     constraints = search.get("constraints", _dotted(run.config, "search.constraints"))
-    if any(_number(r.get("flops")) is not None for r in scored):
+    if any(_number(r.get(metric)) is not None for r in scored):
         builder.add_plot(
             section,
-            "accuracy_vs_flops.png",
-            "Accuracy against FLOPs: candidates, Pareto front, chosen architecture",
-            lambda: _plot_accuracy_vs_flops(
-                scored, baseline, chosen=_chosen_point(run), constraints=constraints
+            "accuracy_vs_flops.png",  # the file keeps its name whatever the cost metric
+            f"Accuracy against {name}: candidates, Pareto front, chosen architecture",
+            lambda: _plot_accuracy_vs_cost(
+                scored,
+                baseline,
+                metric=metric,
+                front=_pareto_records(run, metric),
+                chosen=_chosen_point(run, metric),
+                constraints=constraints,
             ),
         )
     else:
-        section.skipped.append("Accuracy against FLOPs: skipped (history.jsonl has no flops)")
+        section.skipped.append(
+            f"Accuracy against {name}: skipped (history.jsonl has no {metric})"
+        )
 
 
 def _architecture_section(builder: _Builder, run: _RunFiles) -> None:
