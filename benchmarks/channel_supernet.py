@@ -36,12 +36,13 @@ from pathlib import Path
 import torch
 
 from spos.config import load_config
+from spos.data.prepare import prepare_data
 from spos.dist import Runtime
 from spos.rundir import RunDir
 from spos.scoring import build_scorer
 from spos.space import make_rng
 from spos.stages import train_supernet
-from spos.stages.common import build_space, prepare_data
+from spos.stages.common import build_space
 from spos.supernet import build_supernet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +54,7 @@ def train(name: str, overrides: list[str], run_dir: Path, runtime: Runtime) -> t
     started = time.perf_counter()
     train_supernet.run(config, run_dir, runtime=runtime)
     seconds = time.perf_counter() - started
-    data = prepare_data(config)
+    data = prepare_data(config.data, seed=config.seed)
     space = build_space(config, data)
     supernet = build_supernet(space)
     payload = torch.load(RunDir(run_dir).supernet_ckpt, map_location="cpu", weights_only=False)

@@ -65,12 +65,13 @@ from spos.arch import Arch  # noqa: E402
 from spos.checkpoint import load_checkpoint  # noqa: E402
 from spos.config import load_config  # noqa: E402
 from spos.cost import CostModel  # noqa: E402
+from spos.data.prepare import prepare_data  # noqa: E402
 from spos.dist import Runtime  # noqa: E402
 from spos.rundir import RunDir  # noqa: E402
 from spos.scoring import build_scorer  # noqa: E402
 from spos.space import SearchSpace  # noqa: E402
 from spos.stages import retrain, search, train_supernet  # noqa: E402
-from spos.stages.common import build_space, prepare_data  # noqa: E402
+from spos.stages.common import build_space  # noqa: E402
 from spos.supernet import build_supernet  # noqa: E402
 
 UNIFORM_BITS = (2, 4, 8)
@@ -259,7 +260,7 @@ def main() -> None:
     supernet = build_supernet(SearchSpace.from_dict(payload["space"]))
     supernet.load_state_dict(payload["state"]["model"])
     scorer = build_scorer(
-        supernet.eval(), prepare_data(config), runtime, seed=config.seed,
+        supernet.eval(), prepare_data(config.data, seed=config.seed), runtime, seed=config.seed,
         recalibrate_images=args.recalibrate_images, val_images=args.val_size, batch_size=500,
         channels_last=config.runtime.channels_last,
     )  # fmt: skip

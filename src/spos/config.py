@@ -58,10 +58,8 @@ class SpaceConfig:
 
 @dataclass
 class DataConfig:
-    dataset: Literal["fashion_mnist", "cifar10", "cifar100", "image_folder", "synthetic"] = (
-        "fashion_mnist"
-    )
-    """Which reader to use."""
+    dataset: str = "fashion_mnist"
+    """Which reader to use: a name registered in :mod:`spos.data.readers`."""
     root: str | None = None
     """Dataset location; None means the reader's default (Fashion-MNIST: Debian's path)."""
     cache_dir: str = "~/.cache/spos"
@@ -100,6 +98,14 @@ class DataConfig:
     """Image decoding threads per process (data.lazy only); null: CPU count, at most 8."""
 
     def validate(self, prefix: str) -> None:
+        # The registry of dataset names; torch-free, but imported here as it pulls in numpy.
+        from spos.data.readers import DATASET_NAMES
+
+        _check(
+            self.dataset in DATASET_NAMES,
+            f"{prefix}.dataset",
+            f"must be one of {list(DATASET_NAMES)}, got {self.dataset!r}",
+        )
         _check(self.val_size >= 1, f"{prefix}.val_size", "must be at least 1")
         if self.lazy:
             _check(

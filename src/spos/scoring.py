@@ -34,8 +34,8 @@ from spos.train import evaluate as evaluate_model
 
 if TYPE_CHECKING:
     from spos.config import RunConfig
+    from spos.data.prepare import PreparedData
     from spos.dist import Runtime
-    from spos.stages.common import PreparedData
     from spos.supernet import Supernet
 
 __all__ = [

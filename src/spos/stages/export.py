@@ -44,12 +44,13 @@ from spos.childnet import build_child
 from spos.config import RunConfig
 from spos.cost import CostModel
 from spos.data import LazyImageFolder
+from spos.data.prepare import load_test_split
 from spos.dist import Runtime
 from spos.errors import CheckpointError, ConfigError, DataError, SposError
 from spos.io import atomic_write_text, write_json
 from spos.rundir import RunDir, update_summary
 from spos.space import SearchSpace
-from spos.stages.common import load_test_split, run_costs
+from spos.stages.common import run_costs
 
 __all__ = ["run", "TOLERANCE", "ONNX_OPSET"]
 
@@ -100,7 +101,7 @@ def _check_batches(
     generator = torch.Generator().manual_seed(0)
     batches = {"random": torch.randn(_RANDOM_BATCH, *input_shape, generator=generator)}
     try:
-        test = load_test_split(config)
+        test = load_test_split(config.data, seed=config.seed)
     except DataError as exc:  # exporting away from the data: the random batch still checks
         log.warning("no test images to check the export on (%s); using random inputs only", exc)
         return batches

@@ -42,23 +42,20 @@ from spos.calibrate import recalibrate_bn
 from spos.checkpoint import check_space, load_checkpoint, state_dict_sha256
 from spos.childnet import build_child, inherit_weights
 from spos.config import RetrainConfig, RunConfig, config_to_dict
+from spos.data.prepare import (
+    PreparedData,
+    eval_batches,
+    load_test_split,
+    place_dataset,
+    prepare_data,
+    train_stream,
+)
 from spos.dist import Runtime
 from spos.errors import ArchError, CheckpointError, ConfigError
 from spos.io import atomic_write_bytes
 from spos.rundir import RunDir, read_summary, start_run, update_summary
 from spos.space import SearchSpace, seed_from
-from spos.stages.common import (
-    PreparedData,
-    ProgressFactory,
-    build_space,
-    eval_batches,
-    load_test_split,
-    null_progress,
-    place_dataset,
-    prepare_data,
-    run_costs,
-    train_stream,
-)
+from spos.stages.common import ProgressFactory, build_space, null_progress, run_costs
 from spos.supernet import build_supernet
 from spos.train import (
     Accuracy,
@@ -145,7 +142,7 @@ def _bn_postprocess(
     """BN statistics as the cumulative average over one epoch of augmented training batches
     (the official release's epoch at learning rate 0), averaged across ranks."""
     stream = train_stream(
-        config, data, runtime, batch_size=config.retrain.batch_size, seed=seed_from(seed, "retrain-bn-postprocess")
+        config.data, data, runtime, batch_size=config.retrain.batch_size, seed=seed_from(seed, "retrain-bn-postprocess")
     )
 
     def batches() -> Iterator[torch.Tensor]:
@@ -246,13 +243,13 @@ def run(
     channels_last, log_every = _run_settings(config)
     run = RunDir(run_dir)
     arch_file = Path(arch_path) if arch_path is not None else run.arch_json
-    data = prepare_data(config)
+    data = prepare_data(config.data, seed=config.seed)
     data = dataclasses.replace(
         data, train=place_dataset(data.train, runtime), val=place_dataset(data.val, runtime)
     )
     space = build_space(config, data)
     arch = _load_arch(arch_file, space)
-    stream = train_stream(config, data, runtime, batch_size=cfg.batch_size, seed=seed_from(retrain_seed, "retrain-data"))
+    stream = train_stream(config.data, data, runtime, batch_size=cfg.batch_size, seed=seed_from(retrain_seed, "retrain-data"))
     steps_per_epoch = stream.steps_per_epoch
     total_steps = cfg.epochs * steps_per_epoch
     if optim.warmup_steps >= total_steps:
@@ -351,7 +348,7 @@ def run(
 
     summary: dict[str, Any] | None = None
     if runtime.is_main:
-        test = evaluate_on(load_test_split(config, classes=data.train.classes))
+        test = evaluate_on(load_test_split(config.data, seed=config.seed, classes=data.train.classes))
         summary = _summary(
             config, arch, space, test=test, val=evaluate_on(data.val), costs=run_costs(run, space, runtime).costs(arch),
             steps=state.step, seconds=window.train_seconds, last_val_acc=last_val_acc, weights=child.state_dict(),

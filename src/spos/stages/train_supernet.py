@@ -26,22 +26,14 @@ import torch
 from spos.checkpoint import check_space, load_checkpoint, state_dict_sha256
 from spos.config import RunConfig, config_to_dict
 from spos.cost import CostModel
+from spos.data.prepare import PreparedData, place_dataset, prepare_data, train_stream
 from spos.dist import Runtime
 from spos.groundtruth import GroundTruth
 from spos.rundir import RunDir, read_summary, start_run, update_summary
 from spos.sampling import ChoiceSchedule, PathSampler, create_sampler
 from spos.scoring import ArchScorer, build_scorer
 from spos.space import SearchSpace, make_rng, seed_from
-from spos.stages.common import (
-    PreparedData,
-    ProgressFactory,
-    build_space,
-    null_progress,
-    place_dataset,
-    prepare_data,
-    train_stream,
-    write_run_facts,
-)
+from spos.stages.common import ProgressFactory, build_space, null_progress, write_run_facts
 from spos.stats import rank_correlations
 from spos.supernet import Supernet, build_supernet
 from spos.train import (
@@ -191,7 +183,7 @@ def run(
     cfg = config.supernet
     optim = cfg.optim
     run = RunDir(run_dir)
-    data = prepare_data(config)
+    data = prepare_data(config.data, seed=config.seed)
     data = dataclasses.replace(
         data, train=place_dataset(data.train, runtime), val=place_dataset(data.val, runtime)
     )
@@ -213,7 +205,7 @@ def run(
     state = TrainState(
         supernet,
         make_sgd(supernet, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov, weight_decay=optim.weight_decay),
-        train_stream(config, data, runtime, batch_size=cfg.batch_size, seed=seed_from(config.seed, "supernet-data")),
+        train_stream(config.data, data, runtime, batch_size=cfg.batch_size, seed=seed_from(config.seed, "supernet-data")),
         sampler=_create_sampler(config, space, costs),
         device=runtime.device,
     )
