@@ -20,6 +20,7 @@ from spos.rundir import RunDir
 __all__ = ["main"]
 
 EXIT_USER_ERROR = 2
+EXIT_OS_ERROR = 1
 EXIT_INTERRUPTED = 130
 
 
@@ -41,11 +42,38 @@ class _TqdmProgress:
 
 def _resolve_config(args: argparse.Namespace):
     from spos.config import load_config
+    from spos.errors import ConfigError
 
     path = args.config
-    if path is None and args.out is not None and RunDir(args.out).config.is_file():
+    from_run_dir = path is None and args.out is not None and RunDir(args.out).config.is_file()
+    if from_run_dir:
         path = RunDir(args.out).config  # resume from the run directory alone
-    return load_config(path, args.overrides)
+    config = load_config(path, args.overrides)
+    if from_run_dir and config.space.plugins and not getattr(args, "trust_plugins", False):
+        # A run directory may come from someone else: importing its plugins runs their code.
+        raise ConfigError(
+            f"{path} imports plugins {config.space.plugins}, which run code; pass "
+            "--trust-plugins if you trust this run directory (or give --config)"
+        )
+    return config
+
+
+def _run_dir(text: str) -> Path:
+    """argparse type of --out/--run: a non-empty path that is not a file."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty (give a run directory, e.g. runs/exp1)")
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; give a run directory")
+    return path
+
+
+def _add_trust_plugins(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trust-plugins",
+        action="store_true",
+        help="import the space.plugins named by RUN/config.yaml (they run code; off by default)",
+    )
 
 
 def _runtime(config):
@@ -106,7 +134,9 @@ def _cmd_rank(args: argparse.Namespace) -> int:
     from spos.stages import rank
 
     run_dir = Path(args.run)
-    config = _resolve_config(argparse.Namespace(config=args.config, out=run_dir, overrides=args.overrides))
+    config = _resolve_config(
+        argparse.Namespace(config=args.config, out=run_dir, overrides=args.overrides, trust_plugins=args.trust_plugins)
+    )
     truth = config.ground_truth
     config.ground_truth = dataclasses.replace(
         truth,
@@ -149,7 +179,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from spos.stages import export
 
     run_dir = Path(args.run)
-    config = _resolve_config(argparse.Namespace(config=args.config, out=run_dir, overrides=args.overrides))
+    config = _resolve_config(
+        argparse.Namespace(config=args.config, out=run_dir, overrides=args.overrides, trust_plugins=args.trust_plugins)
+    )
     runtime = _runtime(config)
     summary = export.run(config, run_dir, runtime=runtime)  # every rank: it meets at a barrier
     if runtime.is_main:
@@ -250,8 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     def stage(name: str, help_text: str, handler) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", type=Path, default=None, help="YAML config (default: RUN_DIR/config.yaml, else built-in defaults)")
-        p.add_argument("--out", type=Path, required=True, help="run directory (rerun the same command to resume)")
+        p.add_argument("--out", type=_run_dir, required=True, help="run directory (rerun the same command to resume)")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. supernet.optim.lr=0.1")
+        _add_trust_plugins(p)
         p.set_defaults(handler=handler)
         return p
 
@@ -266,13 +299,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export the retrained model to ONNX and torch.export, checked numerically")
     # --out as for the other stages; also the spelling torchrun accepts (it reads "--run" as
     # an ambiguous abbreviation of its own --run-path and refuses the command line).
-    p.add_argument("--run", "--out", dest="run", type=Path, required=True, help="run directory with retrain/child.ckpt")
+    p.add_argument("--run", "--out", dest="run", type=_run_dir, required=True, help="run directory with retrain/child.ckpt")
     p.add_argument("--config", type=Path, default=None, help="config (default: RUN/config.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
+    _add_trust_plugins(p)
     p.set_defaults(handler=_cmd_export)
 
     p = sub.add_parser("rank", help="rank correlation of supernet scores with ground-truth accuracies")
-    p.add_argument("--run", type=Path, required=True, help="run directory with supernet.ckpt")
+    p.add_argument("--run", type=_run_dir, required=True, help="run directory with supernet.ckpt")
+    _add_trust_plugins(p)
     p.add_argument(
         "--ground-truth", type=Path, default=None, help="CSV with an arch or arch_str column (default: ground_truth.path)"
     )
@@ -286,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_rank)
 
     p = sub.add_parser("report", help="plots and a summary page from a run directory")
-    p.add_argument("--run", type=Path, required=True, help="run directory")
+    p.add_argument("--run", type=_run_dir, required=True, help="run directory")
     p.set_defaults(handler=_cmd_report)
 
     p = sub.add_parser("latency-table", help="measure a per-(layer, choice) latency lookup table")
@@ -324,6 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     except SposError as exc:
         print(f"spos: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as exc:  # full disk, read-only file system, permissions, a file for a folder
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"spos: error: {where}{exc.strerror or exc}; nothing finished was lost, fix it and rerun", file=sys.stderr)
+        return EXIT_OS_ERROR
     except KeyboardInterrupt:
         print("spos: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return EXIT_INTERRUPTED

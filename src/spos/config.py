@@ -350,6 +350,11 @@ class SearchConfig:
     """Per-gene resampling probability of a mutation."""
     crossover_count: int = 25
     """Uniform-crossover children per generation."""
+    max_tries: int | None = None
+    """Draws per proposal phase of a generation before it goes on with fewer candidates (or,
+    in generation 0, stops: no feasible architecture found); None: 10 per wanted candidate.
+    Raise it for constraints that few architectures meet (spaces of up to 200,000
+    architectures are enumerated instead when draws fall short)."""
     recalibrate_images: int = 20000
     """Training images forwarded to recalibrate BN before scoring a candidate (paper: ~20k)."""
     val_images: int | None = None
@@ -379,7 +384,7 @@ class SearchConfig:
         for name in ("population_size", "generations", "top_k", "recalibrate_images", "batch_size"):
             _check(getattr(self, name) >= 1, f"{prefix}.{name}", "must be at least 1")
         _check(self.final_top_k >= 0, f"{prefix}.final_top_k", "must be >= 0 (0 turns the final re-scoring off)")
-        for name in ("final_recalibrate_images", "final_val_images", "val_images"):
+        for name in ("final_recalibrate_images", "final_val_images", "val_images", "max_tries"):
             value = getattr(self, name)
             _check(value is None or value >= 1, f"{prefix}.{name}", "must be at least 1 (or null)")
         _check(self.top_k <= self.population_size, f"{prefix}.top_k", "must be <= population_size")

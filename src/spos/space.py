@@ -272,6 +272,10 @@ class SearchSpace:
                 data = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise ArchError(f"architecture JSON does not parse: {exc}") from None
+            except RecursionError:
+                raise ArchError("architecture JSON is nested too deeply; give {label: value}") from None
+            if not isinstance(data, dict):
+                raise ArchError(f"architecture JSON must be an object {{label: value}}, got {text[:40]!r}")
             if "arch" in data:
                 return self.validate(Arch.from_json(data))
             return self.arch(data)

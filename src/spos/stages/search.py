@@ -56,6 +56,7 @@ def _search_one(
 ) -> dict[str, Any]:
     """Run (or resume) one strategy and write its files into ``out``."""
     cfg = config.search
+    tie_metric = cfg.constraints[0].metric if cfg.constraints else "flops"
     strategy = create_strategy(
         name,
         space,
@@ -68,6 +69,9 @@ def _search_one(
         mutation_count=cfg.mutation_count,
         mutation_prob=cfg.mutation_prob,
         crossover_count=cfg.crossover_count,
+        max_tries=cfg.max_tries,
+        # Equal scores go to the cheaper architecture in the first constrained metric.
+        tie_break=lambda arch: float(costs_of(arch).get(tie_metric, 0.0)),
     )
     state_path = out.search_state
     if state_path.exists():
