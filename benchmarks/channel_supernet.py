@@ -3,8 +3,8 @@
 Issue 7 asks whether a block + channel supernet (``shufflenet_channel_cifar``, 8 mid-width
 scales per block, the max-width weights sliced per path) still trains its full-width paths as
 well as the block-only supernet (``shufflenet_cifar``) given the same optimiser steps, and
-whether warming up at full width (``supernet.choice_warmup_steps``, then widening over
-``supernet.choice_widen_steps``) helps. Three supernets are trained with the supernet stage on
+whether warming up at full width (``supernet.sampler.warmup_steps``, then widening over
+``supernet.sampler.widen_steps``) helps. Three supernets are trained with the supernet stage on
 Fashion-MNIST with identical recipes and seeds:
 
 * ``block``: the block-only supernet;
@@ -83,10 +83,10 @@ def main() -> None:
         "threads=1",
         f"supernet.steps={args.steps}",
         f"supernet.batch_size={args.batch_size}",
-        f"supernet.lr={args.lr}",
-        f"supernet.warmup_steps={args.warmup if args.warmup is not None else max(1, args.steps // 20)}",
-        "supernet.eval_every=0",
-        "supernet.panel_size=0",
+        f"supernet.optim.lr={args.lr}",
+        f"supernet.optim.warmup_steps={args.warmup if args.warmup is not None else max(1, args.steps // 20)}",
+        "supernet.panel.eval_every=0",
+        "supernet.panel.size=0",
         f"supernet.checkpoint_every={args.steps}",
     ]
     variants = {
@@ -94,8 +94,8 @@ def main() -> None:
         "channel": ["space.name=shufflenet_channel_cifar"],
         "channel+warmup": [
             "space.name=shufflenet_channel_cifar",
-            f"supernet.choice_warmup_steps={args.steps // 4}",
-            f"supernet.choice_widen_steps={args.steps // 2}",
+            f"supernet.sampler.warmup_steps={args.steps // 4}",
+            f"supernet.sampler.widen_steps={args.steps // 2}",
         ],
     }
     results: dict[str, dict] = {}
@@ -121,7 +121,7 @@ def main() -> None:
             recalibrate_images=args.recalibrate_images,
             val_images=args.val_images,
             batch_size=500,
-            channels_last=config.supernet.channels_last,
+            channels_last=config.runtime.channels_last,
         )
         full, narrow = [], []
         for arch, widths in zip(panel, random_widths, strict=True):

@@ -89,14 +89,14 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         f"data.test_limit={args.test_limit}",
         f"supernet.steps={args.supernet_steps}",
         "supernet.batch_size=128",
-        "supernet.lr=0.1",
-        f"supernet.warmup_steps={min(100, args.supernet_steps // 4)}",
-        "supernet.schedule=linear",
-        "supernet.sampler=uniform",
-        "supernet.eval_every=0",
-        "supernet.panel_size=0",
+        "supernet.optim.lr=0.1",
+        f"supernet.optim.warmup_steps={min(100, args.supernet_steps // 4)}",
+        "supernet.optim.schedule=linear",
+        "supernet.sampler.name=uniform",
+        "supernet.panel.eval_every=0",
+        "supernet.panel.size=0",
         "supernet.checkpoint_every=500",
-        "supernet.log_every=100",
+        "runtime.log_every=100",
         f"search.population_size={args.population}",
         f"search.generations={args.generations}",
         f"search.top_k={max(2, args.population // 3)}",
@@ -107,8 +107,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         "search.batch_size=500",
         "search.random_baseline=false",
         "retrain.batch_size=128",
-        "retrain.schedule=cosine",
-        "retrain.weight_decay=0.0005",
+        "retrain.optim.schedule=cosine",
+        "retrain.optim.weight_decay=0.0005",
         "retrain.checkpoint_every=2000",
     ]
 
@@ -117,10 +117,10 @@ def _protocol_overrides(args: argparse.Namespace, protocol: str, seed: int) -> l
     """The retraining recipe of ``protocol``; the same for every model."""
     if protocol == "inherit":
         recipe = ["retrain.init=inherit", f"retrain.epochs={args.finetune_epochs}",
-                  f"retrain.lr={args.finetune_lr}", "retrain.warmup_steps=0"]  # fmt: skip
+                  f"retrain.optim.lr={args.finetune_lr}", "retrain.optim.warmup_steps=0"]  # fmt: skip
     else:
-        recipe = ["retrain.init=scratch", f"retrain.epochs={args.retrain_epochs}", "retrain.lr=0.1",
-                  f"retrain.warmup_steps={0 if args.quick else 100}"]  # fmt: skip
+        recipe = ["retrain.init=scratch", f"retrain.epochs={args.retrain_epochs}", "retrain.optim.lr=0.1",
+                  f"retrain.optim.warmup_steps={0 if args.quick else 100}"]  # fmt: skip
     return [*recipe, f"retrain.seed={seed}"]
 
 
@@ -261,7 +261,7 @@ def main() -> None:
     scorer = build_scorer(
         supernet.eval(), prepare_data(config), runtime, seed=config.seed,
         recalibrate_images=args.recalibrate_images, val_images=args.val_size, batch_size=500,
-        channels_last=config.supernet.channels_last,
+        channels_last=config.runtime.channels_last,
     )  # fmt: skip
     for model in uniform:
         model["supernet_score"] = scorer.score(model["arch"])

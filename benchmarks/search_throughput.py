@@ -52,7 +52,7 @@ from spos.latency import describe_device, measure_latency_table, validate_latenc
 from spos.sampling import create_sampler
 from spos.scoring import ArchScorer, build_scorer
 from spos.space import SearchSpace, seed_from
-from spos.spaces.catalog import OFFICIAL_REFERENCE_ARCH
+from spos.spaces.shufflenet import OFFICIAL_REFERENCE_ARCH
 from spos.stages.common import PreparedData
 from spos.stats import kendall_tau, spearman_rho
 from spos.supernet import Supernet, build_supernet

@@ -7,6 +7,7 @@ No logic lives here beyond argument handling, progress bars (rank 0 only) and tu
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -106,13 +107,18 @@ def _cmd_rank(args: argparse.Namespace) -> int:
 
     run_dir = Path(args.run)
     config = _resolve_config(argparse.Namespace(config=args.config, out=run_dir, overrides=args.overrides))
+    truth = config.ground_truth
+    config.ground_truth = dataclasses.replace(
+        truth,
+        path=str(args.ground_truth) if args.ground_truth is not None else truth.path,
+        column=args.column if args.column is not None else truth.column,
+    )
+    config.ground_truth.validate("ground_truth")
     runtime = _runtime(config)
     summary = rank.run(
         config,
         run_dir,
         runtime=runtime,
-        ground_truth=args.ground_truth,
-        column=args.column,
         num_archs=args.num_archs,
         progress=_TqdmProgress,
         supernet_path=args.supernet,
@@ -245,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", type=Path, default=None, help="YAML config (default: RUN_DIR/config.yaml, else built-in defaults)")
         p.add_argument("--out", type=Path, required=True, help="run directory (rerun the same command to resume)")
-        p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. supernet.lr=0.1")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. supernet.optim.lr=0.1")
         p.set_defaults(handler=handler)
         return p
 
@@ -267,8 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("rank", help="rank correlation of supernet scores with ground-truth accuracies")
     p.add_argument("--run", type=Path, required=True, help="run directory with supernet.ckpt")
-    p.add_argument("--ground-truth", type=Path, required=True, help="CSV with an arch or arch_str column")
-    p.add_argument("--column", required=True, help="ground-truth accuracy column, e.g. cifar10valid_valid_acc")
+    p.add_argument(
+        "--ground-truth", type=Path, default=None, help="CSV with an arch or arch_str column (default: ground_truth.path)"
+    )
+    p.add_argument(
+        "--column", default=None, help="accuracy column, e.g. cifar10valid_valid_acc (default: ground_truth.column)"
+    )
     p.add_argument("--num-archs", type=int, default=200, help="architectures to score (one per isomorphism class)")
     p.add_argument("--supernet", type=Path, default=None, help="supernet checkpoint (default: RUN/supernet.ckpt)")
     p.add_argument("--config", type=Path, default=None, help="config (default: RUN/config.yaml)")

@@ -219,7 +219,7 @@ class ScoringSession:
             recalibrate_images=recalibrate_images,
             val_images=val_images,
             batch_size=self.config.search.batch_size,
-            channels_last=self.config.supernet.channels_last,
+            channels_last=self.config.runtime.channels_last,
             metric=self.config.search.score,
         )
 

@@ -178,7 +178,7 @@ def test_retrain_seed_repeats_the_retraining_on_the_same_data(scratch_run, tmp_p
 def test_inherited_child_matches_supernet_and_starts_ahead(scratch_run, tmp_path):
     _, arch, scratch = scratch_run
     run_dir = tmp_path / "inherit"
-    supernet_overrides = ["supernet.steps=60", "supernet.eval_every=0", "supernet.panel_size=0"]
+    supernet_overrides = ["supernet.steps=60", "supernet.panel.eval_every=0", "supernet.panel.size=0"]
     config = load_config(SMOKE, [*OVERRIDES, *supernet_overrides, "retrain.init=inherit"])
     _write_arch(run_dir, config)
     train_supernet.run(config, run_dir, runtime=_runtime())

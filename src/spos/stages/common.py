@@ -336,7 +336,7 @@ def open_for_scoring(
     supernet.load_state_dict(payload["state"]["model"])
     fingerprint = state_dict_sha256(supernet.state_dict())
     supernet = supernet.to(runtime.device)
-    if config.supernet.channels_last:
+    if config.runtime.channels_last:
         supernet = supernet.to(memory_format=torch.channels_last)
     supernet.eval()
     return ScoringSession(space, supernet, fingerprint, config, data, runtime)

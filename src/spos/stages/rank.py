@@ -25,6 +25,7 @@ from spos.arch import Arch
 from spos.checkpoint import load_checkpoint
 from spos.config import RunConfig
 from spos.dist import Runtime
+from spos.errors import ConfigError
 from spos.groundtruth import GroundTruth
 from spos.io import atomic_write_text, write_json
 from spos.rundir import RunDir, update_summary
@@ -50,20 +51,24 @@ def run(
     run_dir: Path,
     *,
     runtime: Runtime,
-    ground_truth: Path,
-    column: str,
     num_archs: int,
     progress: ProgressFactory = null_progress,
     supernet_path: Path | None = None,
 ) -> dict[str, Any]:
-    """Rank ``num_archs`` ground-truth architectures with the supernet of ``run_dir``."""
+    """Rank ``num_archs`` architectures of ``config.ground_truth`` with the supernet of ``run_dir``."""
+    if not config.ground_truth.path:
+        raise ConfigError(
+            "spos rank needs true accuracies: give --ground-truth CSV --column NAME, or set "
+            "ground_truth.path and ground_truth.column in the config"
+        )
     cfg = config.search
     run = RunDir(run_dir)
     checkpoint_path = Path(supernet_path) if supernet_path else run.supernet_ckpt
     payload = load_checkpoint(checkpoint_path, kind="supernet", map_location="cpu")
     session = open_for_scoring(config, payload, checkpoint_path, runtime)
     space, fingerprint, scorer = session.space, session.fingerprint, session.scorer
-    truth = GroundTruth.load(ground_truth, space, column)
+    column = str(config.ground_truth.column)
+    truth = GroundTruth.load(Path(config.ground_truth.path), space, column)
     indices = truth.sample(num_archs, make_rng(config.seed, "rank-archs"))
     archs = [truth.archs[i] for i in indices]
     true_values = [truth.values[i] for i in indices]

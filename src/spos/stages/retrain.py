@@ -27,6 +27,7 @@ returns its summary without training again. Writes ``retrain/child.ckpt``,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 from collections.abc import Iterator
@@ -42,7 +43,7 @@ from spos.checkpoint import check_space, load_checkpoint, state_dict_sha256
 from spos.childnet import build_child, inherit_weights
 from spos.config import RetrainConfig, RunConfig, config_to_dict
 from spos.dist import Runtime
-from spos.errors import ArchError, CheckpointError
+from spos.errors import ArchError, CheckpointError, ConfigError
 from spos.io import atomic_write_bytes
 from spos.rundir import RunDir, read_summary, start_run, update_summary
 from spos.space import SearchSpace, seed_from
@@ -212,7 +213,7 @@ def _summary(
 
 def _run_settings(config: RunConfig) -> tuple[bool, int]:
     """The run-wide memory format and metrics interval, shared by every training stage."""
-    return config.supernet.channels_last, config.supernet.log_every
+    return config.runtime.channels_last, config.runtime.log_every
 
 
 def run(
@@ -240,7 +241,7 @@ def run(
         CheckpointError: ``retrain/child.ckpt`` is corrupted or belongs to another
             architecture, space or schedule; or ``init=inherit`` lacks the supernet checkpoint.
     """
-    cfg = config.retrain
+    cfg, optim = config.retrain, config.retrain.optim
     retrain_seed = config.seed if cfg.seed is None else cfg.seed
     channels_last, log_every = _run_settings(config)
     run = RunDir(run_dir)
@@ -254,6 +255,11 @@ def run(
     stream = train_stream(config, data, runtime, batch_size=cfg.batch_size, seed=seed_from(retrain_seed, "retrain-data"))
     steps_per_epoch = stream.steps_per_epoch
     total_steps = cfg.epochs * steps_per_epoch
+    if optim.warmup_steps >= total_steps:
+        raise ConfigError(
+            f"config field 'retrain.optim.warmup_steps' ({optim.warmup_steps}) must be below the "
+            f"{total_steps} retraining steps ({cfg.epochs} epochs of {steps_per_epoch})"
+        )
     # Check an existing checkpoint before writing anything, so a bad one costs nothing.
     payload = None
     if run.child_ckpt.exists():
@@ -279,7 +285,7 @@ def run(
     if channels_last:
         child = child.to(memory_format=torch.channels_last)
     model = runtime.wrap(child)
-    optimizer = make_sgd(child, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    optimizer = make_sgd(child, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov, weight_decay=optim.weight_decay)
     state = TrainState(child, optimizer, stream, device=runtime.device)
     bn_postprocessed, last_val_acc = False, None
     if payload is not None:
@@ -309,14 +315,15 @@ def run(
     metrics = MetricsLog(run.retrain_metrics, tensorboard_dir=run.retrain_tensorboard, enabled=runtime.is_main, resume_step=state.step)
     bar = progress(total=total_steps, initial=state.step, description="retrain") if runtime.is_main else null_progress(total=total_steps)
     window = TrainingWindow(state.train_seconds)
-    autocast = runtime.autocast(cfg.amp)
+    autocast = runtime.autocast(config.runtime.amp)
+    clip = functools.partial(torch.nn.utils.clip_grad_norm_, list(child.parameters()), optim.grad_clip) if optim.grad_clip > 0 else None
     model.train()
     while state.step < total_steps:
-        lr = learning_rate(state.step, total=total_steps, peak=cfg.lr, warmup=cfg.warmup_steps, schedule=cfg.schedule)
+        lr = learning_rate(state.step, total=total_steps, peak=optim.lr, warmup=optim.warmup_steps, schedule=optim.schedule)
         images, labels = next(stream)
         labels = labels.to(runtime.device)
         inputs = data.to_float(images, runtime, channels_last=channels_last)
-        result = sgd_step(model, inputs, labels, optimizer, lr=lr, label_smoothing=cfg.label_smoothing, autocast=autocast)
+        result = sgd_step(model, inputs, labels, optimizer, lr=lr, label_smoothing=optim.label_smoothing, autocast=autocast, before_step=clip)
         state.step += 1
         step = state.step
 

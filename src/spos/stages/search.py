@@ -19,11 +19,12 @@ from typing import Any
 from spos.arch import Arch
 from spos.checkpoint import load_checkpoint
 from spos.config import RunConfig
-from spos.cost import build_constraints
+from spos.constraints import build_constraints
 from spos.dist import Runtime
 from spos.errors import CheckpointError
 from spos.evolution import create_strategy, pareto_front
 from spos.io import atomic_write_text, write_json
+from spos.latency import LatencyTable
 from spos.rundir import RunDir, start_run, update_summary
 from spos.scoring import CachedScorer
 from spos.space import make_rng
@@ -174,9 +175,10 @@ def run(
     space, fingerprint, scorer = session.space, session.fingerprint, session.scorer
 
     costs = run_costs(run, space, runtime)
-    constraints = build_constraints(
-        cfg.constraints, costs=costs, latency_table=cfg.latency_table, space=space
-    )
+    tables: list[Any] = [costs]
+    if cfg.latency_table is not None:
+        tables.append(LatencyTable.load(cfg.latency_table, space=space))
+    constraints = build_constraints(cfg.constraints, tables)
     # Shared by the strategy and its baseline: one score per arch.
     score_many = CachedScorer(scorer.score, runtime=runtime).score_many
 

@@ -79,19 +79,19 @@ def build_panel(space: SearchSpace, *, seed: int, size: int) -> list:
 
 def _create_sampler(config: RunConfig, space: SearchSpace, costs: CostModel) -> PathSampler:
     """The configured path sampler, its FLOPs range defaulting to the space's."""
-    cfg = config.supernet
+    cfg = config.supernet.sampler
     low, high = costs.bounds("flops")
     schedule = None
-    if cfg.choice_warmup_steps or cfg.choice_widen_steps:
+    if cfg.warmup_steps or cfg.widen_steps:
         schedule = ChoiceSchedule(
             space,
-            prefix=cfg.choice_warmup_prefix,
-            anchor=cfg.choice_warmup_option,
-            warmup_steps=cfg.choice_warmup_steps,
-            widen_steps=cfg.choice_widen_steps,
+            prefix=cfg.warmup_prefix,
+            anchor=cfg.warmup_option,
+            warmup_steps=cfg.warmup_steps,
+            widen_steps=cfg.widen_steps,
         )
     return create_sampler(
-        cfg.sampler,
+        cfg.name,
         space,
         make_rng(config.seed, "path-sampler"),
         flops=costs.flops,
@@ -100,7 +100,7 @@ def _create_sampler(config: RunConfig, space: SearchSpace, costs: CostModel) -> 
             cfg.flops_max if cfg.flops_max is not None else high,
         ),
         bins=cfg.flops_bins,
-        max_tries=cfg.sampler_max_tries,
+        max_tries=cfg.max_tries,
         distinct_networks=cfg.distinct_networks,
         schedule=schedule,
     )
@@ -131,7 +131,7 @@ def _path_only(supernet: Supernet, arch: Any, *, grad_clip: float) -> torch.Tens
 @dataclasses.dataclass
 class _Panel:
     """The fixed architectures scored now and then during training (main rank only): a random
-    panel (mean and best accuracy) and, with ``supernet.rank_ground_truth``, a ground-truth
+    panel (mean and best accuracy) and, with ``ground_truth.path``, a ground-truth
     panel (rank correlations of the supernet's scores with the truth)."""
 
     archs: list
@@ -144,12 +144,12 @@ class _Panel:
         cls, config: RunConfig, space: SearchSpace, supernet: Supernet, data: PreparedData, runtime: Runtime
     ) -> _Panel:
         cfg = config.supernet
-        archs = build_panel(space, seed=config.seed, size=cfg.panel_size)
+        archs = build_panel(space, seed=config.seed, size=cfg.panel.size)
         rank_archs: list = []
         rank_truth: list[float] = []
-        if cfg.rank_ground_truth:
-            truth = GroundTruth.load(cfg.rank_ground_truth, space, str(cfg.rank_column))
-            rows = truth.sample(cfg.rank_panel_size, make_rng(config.seed, "rank-panel"))
+        if config.ground_truth.path:
+            truth = GroundTruth.load(config.ground_truth.path, space, str(config.ground_truth.column))
+            rows = truth.sample(cfg.panel.ground_truth_size, make_rng(config.seed, "rank-panel"))
             rank_archs = [truth.archs[i] for i in rows]
             rank_truth = [truth.values[i] for i in rows]
         scorer = None
@@ -159,10 +159,10 @@ class _Panel:
                 data,
                 runtime,
                 seed=config.seed,
-                recalibrate_images=cfg.panel_recalibrate_images,
-                val_images=cfg.panel_val_images,
+                recalibrate_images=cfg.panel.recalibrate_images,
+                val_images=cfg.panel.val_images,
                 batch_size=max(256, cfg.batch_size),
-                channels_last=cfg.channels_last,
+                channels_last=config.runtime.channels_last,
             )
         return cls(archs, rank_archs, rank_truth, scorer)
 
@@ -195,6 +195,7 @@ def run(
 ) -> dict[str, Any]:
     """Train (or resume training) the supernet in ``run_dir``; return the summary."""
     cfg = config.supernet
+    optim = cfg.optim
     run = RunDir(run_dir)
     data = prepare_data(config)
     data = dataclasses.replace(
@@ -212,12 +213,12 @@ def run(
     write_run_facts(run, space, costs, runtime)
     torch.manual_seed(seed_from(config.seed, "supernet-init"))
     supernet = build_supernet(space).to(runtime.device)
-    if cfg.channels_last:
+    if config.runtime.channels_last:
         supernet = supernet.to(memory_format=torch.channels_last)
     model = runtime.wrap(supernet)
     state = TrainState(
         supernet,
-        make_sgd(supernet, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay),
+        make_sgd(supernet, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov, weight_decay=optim.weight_decay),
         train_stream(config, data, runtime, batch_size=cfg.batch_size, seed=seed_from(config.seed, "supernet-data")),
         sampler=_create_sampler(config, space, costs),
         device=runtime.device,
@@ -251,37 +252,37 @@ def run(
         return record
 
     bar = progress(total=cfg.steps, initial=state.step, description="supernet") if runtime.is_main else null_progress(total=cfg.steps)
-    autocast = runtime.autocast(cfg.amp)
+    autocast = runtime.autocast(config.runtime.amp)
     last_panel: dict[str, Any] = {}
     keep = set(cfg.keep_checkpoints)
     model.train()
     while state.step < cfg.steps:
         lr = learning_rate(
-            state.step, total=cfg.schedule_steps or cfg.steps, peak=cfg.lr, warmup=cfg.warmup_steps, schedule=cfg.schedule
+            state.step, total=cfg.total_schedule_steps, peak=optim.lr, warmup=optim.warmup_steps, schedule=optim.schedule
         )
         arch = state.sampler.sample()
         images, labels = next(state.stream)
         labels = labels.to(runtime.device)
         result = sgd_step(
             _along(model, arch),
-            data.to_float(images, runtime, channels_last=cfg.channels_last),
+            data.to_float(images, runtime, channels_last=config.runtime.channels_last),
             labels,
             state.optimizer,
             lr=lr,
-            label_smoothing=cfg.label_smoothing,
+            label_smoothing=optim.label_smoothing,
             autocast=autocast,
-            before_step=functools.partial(_path_only, supernet, arch, grad_clip=cfg.grad_clip),
+            before_step=functools.partial(_path_only, supernet, arch, grad_clip=optim.grad_clip),
         )
         state.step += 1
         step = state.step
 
         window.add(result.loss, result.logits, labels, grad_norm=result.grad_norm)
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        if step % config.runtime.log_every == 0 or step == cfg.steps:
             record = {**window.flush(step=step, lr=lr, runtime=runtime), **state.sampler.stats()}
             metrics.write(record)
             bar.update(0, loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.0f}")
         bar.update(1)
-        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+        if cfg.panel.eval_every and step % cfg.panel.eval_every == 0 and step < cfg.steps:
             last_panel = evaluate_panel(step) or last_panel
             window.restart_clock()  # panel time is not training time
         if step in keep:  # before the rolling one: a kill in between redoes this step
@@ -322,7 +323,7 @@ def _summary(
         "panel": last_panel.get("panel"),
         **{key: last_panel[key] for key in _RANK_FIGURES if key in last_panel},
         "coverage": state.sampler.coverage,
-        "sampler": cfg.sampler,
+        "sampler": cfg.sampler.name,
         "weights_sha256": state_dict_sha256(supernet.state_dict()),
         "world_size": runtime.world_size,
         # DDP keeps parameters equal on every rank; a gathered hash per rank proves it.
