@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,11 @@ def _create_sampler(config: RunConfig, space: SearchSpace, costs: CostModel) -> 
         distinct_networks=cfg.distinct_networks,
         schedule=schedule,
     )
+
+
+def _along(model: Callable[..., torch.Tensor], arch: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The (possibly DDP-wrapped) supernet as a function of the inputs, along the path ``arch``."""
+    return lambda inputs: model(inputs, arch)
 
 
 def _path_only(supernet: Supernet, arch: Any, *, grad_clip: float) -> torch.Tensor | None:
@@ -250,7 +256,7 @@ def run(
         images, labels = next(state.stream)
         labels = labels.to(runtime.device)
         result = sgd_step(
-            functools.partial(model, arch=arch),
+            _along(model, arch),
             data.to_float(images, runtime, channels_last=config.runtime.channels_last),
             labels,
             state.optimizer,
