@@ -35,6 +35,7 @@ __all__ = [
     "Choice",
     "SearchSpace",
     "make_rng",
+    "seed_from",
     "register_space",
     "create_space",
     "list_spaces",
@@ -51,6 +52,12 @@ def make_rng(seed: int, purpose: str) -> random.Random:
     """
     digest = hashlib.sha256(f"{int(seed)}:{purpose}".encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "little"))
+
+
+def seed_from(seed: int, purpose: str) -> int:
+    """An integer seed (for ``torch.manual_seed``, a ``torch.Generator``) derived from the run
+    seed and a purpose, by the same scheme as :func:`make_rng`."""
+    return make_rng(seed, purpose).getrandbits(63)
 
 
 def _freeze(value: Any) -> Any:
@@ -265,6 +272,10 @@ class SearchSpace:
                 data = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise ArchError(f"architecture JSON does not parse: {exc}") from None
+            except RecursionError:
+                raise ArchError("architecture JSON is nested too deeply; give {label: value}") from None
+            if not isinstance(data, dict):
+                raise ArchError(f"architecture JSON must be an object {{label: value}}, got {text[:40]!r}")
             if "arch" in data:
                 return self.validate(Arch.from_json(data))
             return self.arch(data)

@@ -202,7 +202,7 @@ def test_search_under_a_bitops_constraint_never_evaluates_a_violator(tmp_path):
     limit = int(low + 0.3 * (high - low))
     common = ["--config", str(SMOKE), "--out", str(tmp_path), "space.name=resnet20_quant_cifar", f"space.layout={layout}"]
     trained = run_cli(
-        "train-supernet", *common, "supernet.steps=12", "supernet.eval_every=0", "supernet.panel_size=0",
+        "train-supernet", *common, "supernet.steps=12", "supernet.panel.eval_every=0", "supernet.panel.size=0",
         "supernet.checkpoint_every=12",
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr[-2000:]

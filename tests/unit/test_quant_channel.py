@@ -288,8 +288,8 @@ def test_search_under_a_bitops_constraint_writes_widths_and_bits(tmp_path):
         f"space.layout={layout}", "space.layout.width_scales=[0.5, 1.0]", "threads=1",
     ]  # fmt: skip
     trained = run_cli(
-        "train-supernet", *common, "supernet.steps=12", "supernet.eval_every=0", "supernet.panel_size=0",
-        "supernet.checkpoint_every=12", "supernet.choice_warmup_steps=4",
+        "train-supernet", *common, "supernet.steps=12", "supernet.panel.eval_every=0", "supernet.panel.size=0",
+        "supernet.checkpoint_every=12", "supernet.sampler.warmup_steps=4",
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr[-2000:]
     searched = run_cli(

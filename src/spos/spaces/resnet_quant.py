@@ -104,7 +104,7 @@ def resnet_quant_space(name: str, *, version: int = 1, **layout: Any) -> SearchS
     output and its projection shortcut keep their width. These choices come after every
     bit-width choice, so an architecture's bit widths read as in the space without widths; the
     ``width_`` prefix is the one :class:`spos.sampling.ChoiceSchedule` warms up by default
-    (full width first, ``supernet.choice_warmup_steps``). Without ``width_scales`` (or with
+    (full width first, ``supernet.sampler.warmup_steps``). Without ``width_scales`` (or with
     ``None``) the space is the plain mixed-precision one, layout included.
 
     Layout keys: ``input_size``, ``in_channels``, ``num_classes``, ``stem_channels``,
