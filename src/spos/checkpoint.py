@@ -119,6 +119,13 @@ def check_space(payload: Mapping[str, Any], space: SearchSpace, *, path: Any = "
             f"checkpoint {path} has different choices than space {space.name!r}; it was written "
             "by an incompatible spos version"
         )
+    differing = sorted(key for key in set(stored.layout) | set(space.layout) if stored.layout.get(key) != space.layout.get(key))
+    if differing:
+        pairs = ", ".join(f"{key}: {stored.layout.get(key)!r} vs {space.layout.get(key)!r}" for key in differing[:6])
+        raise CheckpointError(
+            f"checkpoint {path} was trained with another layout of space {space.name!r} "
+            f"(checkpoint vs config: {pairs}); use the run's space.layout or a new run directory"
+        )
     return stored
 
 

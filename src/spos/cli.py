@@ -7,6 +7,7 @@ No logic lives here beyond argument handling, progress bars (rank 0 only) and tu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -25,10 +26,20 @@ EXIT_INTERRUPTED = 130
 
 
 class _TqdmProgress:
+    #: Bars not closed yet: an error closes them first, so its line starts a line of its own.
+    open_bars: set[Any] = set()
+
     def __init__(self, *, total: int, initial: int = 0, description: str = "") -> None:
         from tqdm.auto import tqdm
 
         self.bar = tqdm(total=total, initial=initial, desc=description, dynamic_ncols=True, file=sys.stderr)
+        _TqdmProgress.open_bars.add(self.bar)
+
+    @classmethod
+    def close_all(cls) -> None:
+        for bar in list(cls.open_bars):
+            bar.close()
+        cls.open_bars.clear()
 
     def update(self, count: int = 1, **postfix: Any) -> None:
         if postfix:
@@ -38,6 +49,7 @@ class _TqdmProgress:
 
     def close(self) -> None:
         self.bar.close()
+        _TqdmProgress.open_bars.discard(self.bar)
 
 
 def _resolve_config(args: argparse.Namespace):
@@ -272,6 +284,18 @@ def _cmd_spaces(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Commands that write into a run directory: one process at a time per directory.
+_LOCKING_COMMANDS = {"train-supernet", "search", "retrain", "run", "export", "rank"}
+
+
+def _run_dir_lock(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    if args.command not in _LOCKING_COMMANDS:
+        return contextlib.nullcontext()
+    from spos.rundir import locked
+
+    return locked(args.out if hasattr(args, "out") else args.run, command=args.command)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spos", description="Single Path One-Shot NAS: supernet training, search, retraining, export."
@@ -355,14 +379,18 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     try:
-        return int(args.handler(args) or 0)
+        with _run_dir_lock(args):
+            return int(args.handler(args) or 0)
     except SposError as exc:
+        _TqdmProgress.close_all()
         print(f"spos: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except OSError as exc:  # full disk, read-only file system, permissions, a file for a folder
+        _TqdmProgress.close_all()
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"spos: error: {where}{exc.strerror or exc}; nothing finished was lost, fix it and rerun", file=sys.stderr)
         return EXIT_OS_ERROR
     except KeyboardInterrupt:
+        _TqdmProgress.close_all()
         print("spos: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return EXIT_INTERRUPTED

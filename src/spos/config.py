@@ -40,6 +40,7 @@ __all__ = [
     "apply_overrides",
     "config_from_dict",
     "config_to_dict",
+    "config_text",
     "save_config",
 ]
 
@@ -130,6 +131,9 @@ class DataConfig:
             _check(value is None or value >= 1, f"{prefix}.{name}", "must be >= 1 or null")
 
 
+_FLOAT32_MAX = 3.4e38  # parameters are float32: a larger rate overflows in the update
+
+
 @dataclass
 class OptimConfig:
     """SGD with a warmed-up, decaying learning rate (shared by supernet training and retraining)."""
@@ -156,7 +160,7 @@ class OptimConfig:
 
     def validate(self, prefix: str, *, steps: int | None) -> None:
         """Check ranges; ``steps`` is the schedule's length when known (None: checked at run time)."""
-        _check(self.lr > 0, f"{prefix}.lr", "must be positive")
+        _check(0 < self.lr < _FLOAT32_MAX, f"{prefix}.lr", "must be positive and within float32 range")
         _check(0 <= self.momentum < 1, f"{prefix}.momentum", "must be in [0, 1)")
         _check(self.weight_decay >= 0, f"{prefix}.weight_decay", "must be >= 0")
         _check(0 <= self.label_smoothing < 1, f"{prefix}.label_smoothing", "must be in [0, 1)")
@@ -695,8 +699,13 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     return config_from_dict(apply_overrides(data, overrides or []))
 
 
+def config_text(config: RunConfig) -> str:
+    """The resolved config as the YAML text :func:`save_config` writes."""
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
 def save_config(config: RunConfig, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
     from spos.io import atomic_write_text
 
-    atomic_write_text(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    atomic_write_text(path, config_text(config))

@@ -8,7 +8,7 @@ offending field or file and says how to fix it.
 
 from __future__ import annotations
 
-__all__ = ["SposError", "ConfigError", "DataError", "CheckpointError", "ArchError"]
+__all__ = ["SposError", "ConfigError", "DataError", "CheckpointError", "ArchError", "DivergenceError", "RunDirLocked"]
 
 
 class SposError(Exception):
@@ -29,3 +29,11 @@ class CheckpointError(SposError):
 
 class ArchError(SposError):
     """An architecture does not belong to its search space or cannot be parsed."""
+
+
+class DivergenceError(SposError):
+    """Training produced a non-finite loss or gradient norm; the last good checkpoint is kept."""
+
+
+class RunDirLocked(SposError):
+    """Another process is working in the same run directory."""

@@ -11,19 +11,22 @@ Torch-free: the report and the CLI can use it without loading models.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spos.config import RunConfig, save_config
+from spos.config import RunConfig, config_text, save_config
+from spos.errors import RunDirLocked
 from spos.io import write_json
 
 if TYPE_CHECKING:
     from spos.dist import Runtime
 
-__all__ = ["RunDir", "read_summary", "update_summary", "start_run"]
+__all__ = ["RunDir", "locked", "read_summary", "update_summary", "start_run"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,11 @@ class RunDir:
     def config(self) -> Path:
         """``config.yaml``: the resolved config of the last stage started."""
         return self.path / "config.yaml"
+
+    @property
+    def lock(self) -> Path:
+        """``.lock``: held by the process working in the run (:func:`locked`)."""
+        return self.path / ".lock"
 
     @property
     def summary(self) -> Path:
@@ -187,9 +195,50 @@ def update_summary(run_dir: RunDir | str | os.PathLike[str], section: str, data:
 
 
 def start_run(config: RunConfig, run_dir: RunDir | str | os.PathLike[str], runtime: Runtime) -> None:
-    """Create the run directory and save the resolved config (main rank only)."""
+    """Create the run directory and save the resolved config (main rank only).
+
+    An identical ``config.yaml`` is left as it is, so re-running a finished stage writes
+    nothing (and works on a read-only copy of the run).
+    """
     run = RunDir(run_dir)
     if runtime.is_main:
         run.path.mkdir(parents=True, exist_ok=True)
-        save_config(config, run.config)
+        if not (run.config.is_file() and run.config.read_text(encoding="utf-8") == config_text(config)):
+            save_config(config, run.config)
     runtime.barrier()
+
+
+@contextlib.contextmanager
+def locked(run_dir: RunDir | str | os.PathLike[str], *, command: str) -> Iterator[None]:
+    """Hold an exclusive lock on the run directory (``.lock``) for the ``with`` block.
+
+    A second process on the same directory gets :class:`~spos.errors.RunDirLocked` naming the
+    holder instead of redoing the work beside it. The operating system releases the lock when
+    the holder exits, however it exits (also SIGKILL), so a stale lock never blocks a resume.
+    Only the main process of a torchrun job takes it (``RANK`` unset or 0).
+    """
+    if os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    import fcntl
+
+    run = RunDir(run_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
+    handle = open(run.lock, "a+", encoding="utf-8")  # noqa: SIM115 - held for the block
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RunDirLocked(
+                f"run directory {run.path} is in use by {holder}; wait for it to finish (or stop "
+                "it) and rerun, or use another --out"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} (spos {command})\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock

@@ -25,8 +25,8 @@ from torch import nn
 
 from spos.arch import Arch
 from spos.checkpoint import save_checkpoint
-from spos.errors import CheckpointError
-from spos.io import atomic_write_text
+from spos.errors import CheckpointError, DivergenceError
+from spos.io import atomic_write_text, finite_json
 
 if TYPE_CHECKING:
     from spos.data import BatchStream
@@ -43,6 +43,7 @@ __all__ = [
     "TrainingWindow",
     "check_global_batch",
     "evaluate",
+    "graceful_stop",
     "learning_rate",
     "make_sgd",
     "sgd_step",
@@ -258,11 +259,7 @@ class MetricsLog:
         if not enabled:
             return
         if self.path.exists():
-            kept = [
-                line
-                for line in self.path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= resume_step
-            ]
+            kept = [line for line in _complete_records(self.path) if json.loads(line).get("step", 0) <= resume_step]
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -275,7 +272,7 @@ class MetricsLog:
         if not self.enabled:
             return
         with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+            handle.write(json.dumps(finite_json(record), allow_nan=False) + "\n")
         if self.writer is not None:
             step = int(record.get("step", 0))
             for key, value in record.items():
@@ -287,6 +284,19 @@ class MetricsLog:
             self.writer.close()
 
 
+def _complete_records(path: Path) -> list[str]:
+    """The lines of a JSON-lines file that parse as records; a torn line (what a kill or a full
+    disk leaves in the middle of an append) is dropped."""
+    lines = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            if isinstance(json.loads(line), dict):
+                lines.append(line)
+        except json.JSONDecodeError:
+            continue
+    return lines
+
+
 class TrainingWindow:
     """Loss, accuracy and throughput accumulated between two metrics lines.
 
@@ -296,6 +306,7 @@ class TrainingWindow:
 
     def __init__(self, train_seconds: float = 0.0) -> None:
         self.train_seconds = train_seconds
+        self.diverged: str | None = None  # what went non-finite first, once it has
         self._reset()
 
     def _reset(self) -> None:
@@ -308,11 +319,26 @@ class TrainingWindow:
     ) -> None:
         """Count one step; ``grad_norm`` (the step's pre-clip gradient norm, the same on every
         rank) is logged as the window's mean and max when given."""
-        self.loss_sum += float(loss.detach()) * labels.numel()
+        loss_value = float(loss.detach())
+        self.loss_sum += loss_value * labels.numel()
         self.correct += int((logits.argmax(1) == labels).sum())
         self.images += labels.numel()
         if grad_norm is not None:
             self.grad_norms.append(float(grad_norm))
+        if self.diverged is None and not (math.isfinite(loss_value) and all(map(math.isfinite, self.grad_norms[-1:]))):
+            self.diverged = f"loss {loss_value:g}" + (f", gradient norm {self.grad_norms[-1]:g}" if self.grad_norms else "")
+
+    def check_finite(self, *, stage: str, step: int, last_checkpoint: int | None, hint: str) -> None:
+        """Raise :class:`DivergenceError` once a step of this window had a non-finite loss or
+        gradient norm (the run stops before a bad checkpoint or metrics line is written).
+        ``last_checkpoint`` is the step of the last checkpoint written (None: none yet)."""
+        if self.diverged is not None:
+            kept = (
+                f"the last good checkpoint (step {last_checkpoint}) is kept"
+                if last_checkpoint is not None
+                else "no checkpoint had been written yet"
+            )
+            raise DivergenceError(f"{stage} training diverged by step {step} ({self.diverged}); {kept}; {hint}")
 
     def restart_clock(self) -> None:
         self.clock = Stopwatch()
@@ -350,3 +376,37 @@ class Stopwatch:
 
     def __call__(self) -> float:
         return time.perf_counter() - self.start
+
+
+class graceful_stop(contextlib.AbstractContextManager):  # noqa: N801 - used like a function
+    """Turn SIGINT and SIGTERM into a request that a training loop honours between steps.
+
+    ``with graceful_stop() as stop:`` ... ``if stop.requested: save(); raise KeyboardInterrupt``:
+    the loop saves a checkpoint of a consistent state (never mid-update) and then stops as an
+    interrupt does. A second signal stops at once. Outside the main thread it does nothing.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> graceful_stop:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        return None

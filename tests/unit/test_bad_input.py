@@ -78,3 +78,55 @@ def test_conflicting_duplicate_ground_truth_rows_are_refused(tmp_path, nb201):
     path.write_text(f"arch_str,acc\n{arch},90.0\n{arch},85.0\n")
     with pytest.raises(SposError, match="lines 2 and 3 give the same architecture two different values"):
         GroundTruth.load(path, nb201, "acc")
+
+
+def test_the_export_check_fails_a_nan_model():
+    import torch
+
+    from spos.stages.export import _max_abs_diff
+
+    reference = {"val": torch.zeros(2, 3)}
+    batches = {"val": torch.zeros(2, 4)}
+    assert _max_abs_diff(lambda x: torch.full((2, 3), float("nan")), reference, batches) == float("inf")
+    assert _max_abs_diff(lambda x: torch.full((2, 3), 0.5), reference, batches) == 0.5
+
+
+def test_a_killed_export_leaves_nothing_behind_and_keeps_the_previous_bundle(tmp_path):
+    from spos.stages.export import _clean_stale_staging
+
+    target = tmp_path / "export"
+    (tmp_path / ".export.abc123").mkdir()  # staging of a killed export
+    retired = tmp_path / ".export.old.xyz" / "export"
+    retired.mkdir(parents=True)
+    (retired / "model.onnx").write_text("previous bundle")  # moved aside, not yet replaced
+    _clean_stale_staging(tmp_path, target)
+    assert (target / "model.onnx").read_text() == "previous bundle"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path):
+    from spos.train import MetricsLog
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.9}\n{"step": 3, "lo')
+    log = MetricsLog(path, tensorboard_dir=tmp_path / "tb", enabled=True, resume_step=2)
+    log.write({"step": 3, "loss": float("nan")})
+    log.close()
+    lines = path.read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
+    assert json.loads(lines[-1])["loss"] is None  # never a bare NaN in a JSON file
+
+
+def test_divergence_is_reported_once_a_loss_is_not_finite():
+    import torch
+
+    from spos.errors import DivergenceError
+    from spos.train import TrainingWindow
+
+    window = TrainingWindow()
+    labels = torch.tensor([0, 1])
+    window.add(torch.tensor(1.0), torch.zeros(2, 2), labels)
+    window.check_finite(stage="supernet", step=1, last_checkpoint=None, hint="h")
+    window.add(torch.tensor(float("inf")), torch.zeros(2, 2), labels)
+    with pytest.raises(DivergenceError, match=r"diverged by step 2 \(loss inf\); no checkpoint had been written yet; h"):
+        window.check_finite(stage="supernet", step=2, last_checkpoint=None, hint="h")

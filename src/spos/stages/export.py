@@ -28,6 +28,7 @@ import importlib.util
 import inspect
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -128,7 +129,10 @@ def _max_abs_diff(predict, reference: dict[str, torch.Tensor], batches: dict[str
                 f"exported model returned shape {tuple(outputs.shape)} for the {name} batch, "
                 f"expected {tuple(reference[name].shape)}"
             )
-        worst = max(worst, float((outputs - reference[name]).abs().max()))
+        diff = float((outputs - reference[name]).abs().max())
+        worst = diff if not math.isfinite(diff) else max(worst, diff)  # max(0.0, nan) would be 0.0
+        if not math.isfinite(worst):
+            return math.inf
     return worst
 
 
@@ -335,6 +339,11 @@ def _write_bundle(
     batches = _check_batches(config, preprocess, input_shape)
     with torch.no_grad():
         reference = {name: child(inputs) for name, inputs in batches.items()}
+    if not all(bool(torch.isfinite(logits).all()) for logits in reference.values()):
+        raise SposError(
+            "the retrained network outputs NaN or infinite logits, so there is nothing valid to "
+            "export; retrain it (e.g. with a lower retrain.optim.lr)"
+        )
     example = torch.randn(_TRACE_BATCH, *input_shape, generator=torch.Generator().manual_seed(1))
 
     arch.save(folder / "arch.json", costs=costs.costs(arch))
@@ -409,6 +418,18 @@ def _write_bundle(
     }
 
 
+def _clean_stale_staging(folder: Path, target: Path) -> None:
+    """Remove what a killed export left (``.export.*`` folders), first restoring a previous
+    bundle that was moved aside but not yet replaced. The caller holds the run's lock."""
+    for leftover in sorted(folder.glob(f".{target.name}.old.*")):
+        retired = leftover / target.name
+        if retired.is_dir() and not target.exists():
+            retired.rename(target)
+    for leftover in folder.glob(f".{target.name}.*"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def run(config: RunConfig, run_dir: Path, *, runtime: Runtime) -> dict[str, Any]:
     """Export the retrained network of ``run_dir`` to ``run_dir/export/``; return the summary.
 
@@ -436,6 +457,7 @@ def run(config: RunConfig, run_dir: Path, *, runtime: Runtime) -> dict[str, Any]
     summary: dict[str, Any] = {}
     if runtime.is_main:
         target = run.export_dir
+        _clean_stale_staging(run.path, target)
         staging = Path(tempfile.mkdtemp(dir=run.path, prefix=f".{target.name}."))
         os.chmod(staging, 0o755)  # mkdtemp makes it private; the bundle is meant to be shared
         try:

@@ -64,6 +64,7 @@ from spos.train import (
     TrainState,
     check_global_batch,
     evaluate,
+    graceful_stop,
     learning_rate,
     make_sgd,
     sgd_step,
@@ -291,8 +292,14 @@ def run(
         log.info("resuming retraining from step %d of %d", state.step, total_steps)
     preprocess = _preprocess(config, data)
 
+    saved_at: int | None = state.step if payload is not None else None
+    hint = "lower retrain.optim.lr or set retrain.optim.grad_clip, then rerun to resume"
+
     def save(*, finished: bool) -> None:
+        nonlocal saved_at
+        window.check_finite(stage="retrain", step=state.step, last_checkpoint=saved_at, hint=hint)
         state.train_seconds = window.train_seconds
+        saved_at = state.step
         if runtime.is_main:
             extra = {
                 "arch": arch.to_json(),
@@ -315,29 +322,34 @@ def run(
     autocast = runtime.autocast(config.runtime.amp)
     clip = functools.partial(torch.nn.utils.clip_grad_norm_, list(child.parameters()), optim.grad_clip) if optim.grad_clip > 0 else None
     model.train()
-    while state.step < total_steps:
-        lr = learning_rate(state.step, total=total_steps, peak=optim.lr, warmup=optim.warmup_steps, schedule=optim.schedule)
-        images, labels = next(stream)
-        labels = labels.to(runtime.device)
-        inputs = data.to_float(images, runtime, channels_last=channels_last)
-        result = sgd_step(model, inputs, labels, optimizer, lr=lr, label_smoothing=optim.label_smoothing, autocast=autocast, before_step=clip)
-        state.step += 1
-        step = state.step
+    with graceful_stop() as stop:
+        while state.step < total_steps:
+            lr = learning_rate(state.step, total=total_steps, peak=optim.lr, warmup=optim.warmup_steps, schedule=optim.schedule)
+            images, labels = next(stream)
+            labels = labels.to(runtime.device)
+            inputs = data.to_float(images, runtime, channels_last=channels_last)
+            result = sgd_step(model, inputs, labels, optimizer, lr=lr, label_smoothing=optim.label_smoothing, autocast=autocast, before_step=clip)
+            state.step += 1
+            step = state.step
 
-        window.add(result.loss, result.logits, labels)
-        epoch_end = step % steps_per_epoch == 0
-        if step % log_every == 0 or epoch_end or step == total_steps:
-            record = {**window.flush(step=step, lr=lr, runtime=runtime), "epoch": round(step / steps_per_epoch, 4)}
-            metrics.write(record)
-            bar.update(0, loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.0f}")
-        if epoch_end and runtime.is_main:
-            last_val_acc = evaluate_on(data.val).top1
-            metrics.write({"step": step, "epoch": step // steps_per_epoch, "val_acc": last_val_acc})
-            bar.update(0, val=f"{last_val_acc:.2f}")
-            window.restart_clock()  # validation time is not training time
-        bar.update(1)
-        if step % cfg.checkpoint_every == 0 or step == total_steps:
-            save(finished=False)
+            window.add(result.loss, result.logits, labels, grad_norm=result.grad_norm)
+            epoch_end = step % steps_per_epoch == 0
+            if step % log_every == 0 or epoch_end or step == total_steps:
+                window.check_finite(stage="retrain", step=step, last_checkpoint=saved_at, hint=hint)
+                record = {**window.flush(step=step, lr=lr, runtime=runtime), "epoch": round(step / steps_per_epoch, 4)}
+                metrics.write(record)
+                bar.update(0, loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.0f}")
+            if epoch_end and runtime.is_main:
+                last_val_acc = evaluate_on(data.val).top1
+                metrics.write({"step": step, "epoch": step // steps_per_epoch, "val_acc": last_val_acc})
+                bar.update(0, val=f"{last_val_acc:.2f}")
+                window.restart_clock()  # validation time is not training time
+            bar.update(1)
+            if step % cfg.checkpoint_every == 0 or step == total_steps:
+                save(finished=False)
+            if stop.requested:  # SIGINT/SIGTERM: keep this step's state, then stop
+                save(finished=False)
+                raise KeyboardInterrupt
     bar.close()
     metrics.close()
 

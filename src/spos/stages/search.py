@@ -174,8 +174,8 @@ def run(
     run = RunDir(run_dir)
     checkpoint_path = Path(supernet_path) if supernet_path else run.supernet_ckpt
     payload = load_checkpoint(checkpoint_path, kind="supernet", map_location="cpu")
+    session = open_for_scoring(config, payload, checkpoint_path, runtime)  # checks before writing
     start_run(config, run, runtime)
-    session = open_for_scoring(config, payload, checkpoint_path, runtime)
     space, fingerprint, scorer = session.space, session.fingerprint, session.scorer
 
     costs = run_costs(run, space, runtime)

@@ -42,6 +42,7 @@ from spos.train import (
     TrainingWindow,
     TrainState,
     check_global_batch,
+    graceful_stop,
     learning_rate,
     make_sgd,
     sgd_step,
@@ -231,8 +232,15 @@ def run(
     metrics = MetricsLog(run.metrics, tensorboard_dir=run.tensorboard, enabled=runtime.is_main, resume_step=state.step)
     window = TrainingWindow(state.train_seconds)
 
+    saved_at: int | None = state.step if payload is not None else None
+    hint = "lower supernet.optim.lr or set supernet.optim.grad_clip, then rerun to resume"
+
     def save(path: Path) -> None:
+        nonlocal saved_at
+        window.check_finite(stage="supernet", step=state.step, last_checkpoint=saved_at, hint=hint)
         state.train_seconds = window.train_seconds
+        if path == run.supernet_ckpt:
+            saved_at = state.step
         if runtime.is_main:  # global quantities only: any world size can resume this checkpoint
             extra = {"global_batch": cfg.batch_size, "world_size": runtime.world_size}
             state.save(path, kind="supernet", space=space, config=config_to_dict(config), extra=extra)
@@ -248,39 +256,44 @@ def run(
     last_panel: dict[str, Any] = {}
     keep = set(cfg.keep_checkpoints)
     model.train()
-    while state.step < cfg.steps:
-        lr = learning_rate(
-            state.step, total=cfg.total_schedule_steps, peak=optim.lr, warmup=optim.warmup_steps, schedule=optim.schedule
-        )
-        arch = state.sampler.sample()
-        images, labels = next(state.stream)
-        labels = labels.to(runtime.device)
-        result = sgd_step(
-            _along(model, arch),
-            data.to_float(images, runtime, channels_last=config.runtime.channels_last),
-            labels,
-            state.optimizer,
-            lr=lr,
-            label_smoothing=optim.label_smoothing,
-            autocast=autocast,
-            before_step=functools.partial(_path_only, supernet, arch, grad_clip=optim.grad_clip),
-        )
-        state.step += 1
-        step = state.step
+    with graceful_stop() as stop:
+        while state.step < cfg.steps:
+            lr = learning_rate(
+                state.step, total=cfg.total_schedule_steps, peak=optim.lr, warmup=optim.warmup_steps, schedule=optim.schedule
+            )
+            arch = state.sampler.sample()
+            images, labels = next(state.stream)
+            labels = labels.to(runtime.device)
+            result = sgd_step(
+                _along(model, arch),
+                data.to_float(images, runtime, channels_last=config.runtime.channels_last),
+                labels,
+                state.optimizer,
+                lr=lr,
+                label_smoothing=optim.label_smoothing,
+                autocast=autocast,
+                before_step=functools.partial(_path_only, supernet, arch, grad_clip=optim.grad_clip),
+            )
+            state.step += 1
+            step = state.step
 
-        window.add(result.loss, result.logits, labels, grad_norm=result.grad_norm)
-        if step % config.runtime.log_every == 0 or step == cfg.steps:
-            record = {**window.flush(step=step, lr=lr, runtime=runtime), **state.sampler.stats()}
-            metrics.write(record)
-            bar.update(0, loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.0f}")
-        bar.update(1)
-        if cfg.panel.eval_every and step % cfg.panel.eval_every == 0 and step < cfg.steps:
-            last_panel = evaluate_panel(step) or last_panel
-            window.restart_clock()  # panel time is not training time
-        if step in keep:  # before the rolling one: a kill in between redoes this step
-            save(run.supernet_step_ckpt(step))
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps or step in keep:
-            save(run.supernet_ckpt)
+            window.add(result.loss, result.logits, labels, grad_norm=result.grad_norm)
+            if step % config.runtime.log_every == 0 or step == cfg.steps:
+                window.check_finite(stage="supernet", step=step, last_checkpoint=saved_at, hint=hint)
+                record = {**window.flush(step=step, lr=lr, runtime=runtime), **state.sampler.stats()}
+                metrics.write(record)
+                bar.update(0, loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.0f}")
+            bar.update(1)
+            if cfg.panel.eval_every and step % cfg.panel.eval_every == 0 and step < cfg.steps:
+                last_panel = evaluate_panel(step) or last_panel
+                window.restart_clock()  # panel time is not training time
+            if step in keep:  # before the rolling one: a kill in between redoes this step
+                save(run.supernet_step_ckpt(step))
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps or step in keep:
+                save(run.supernet_ckpt)
+            if stop.requested:  # SIGINT/SIGTERM: keep this step's state, then stop
+                save(run.supernet_ckpt)
+                raise KeyboardInterrupt
     bar.close()
 
     last_panel = evaluate_panel(state.step) or last_panel
