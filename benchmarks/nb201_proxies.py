@@ -20,10 +20,14 @@ Library API only (:mod:`spos.proxies`, :mod:`spos.groundtruth`, :mod:`spos.estim
    combinations (:class:`spos.estimator.PercentileEstimator`, pool = the drawn cells), which
    are chosen while looking at this ground truth and are therefore not unbiased estimates.
 
-Run (resumable; 1 thread; see benchmarks/results/nb201/proxies.md for the measured time):
-    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/nb201_proxies.py
-Seed sensitivity on a prefix of the same cells (other init and batch):
-    ... benchmarks/nb201_proxies.py --seed 1 --num-archs 200 --prefix proxies_seed1
+Run (resumable; 1 thread; see benchmarks/results/nb201/proxies.md for the measured time). The
+defaults are the benchmark's network (C=16, N=5), which took 6.5 s/cell on a loaded 2-core
+machine (about 2 h for 1,000 cells); the committed results use N=1 (``--cells 1``, the layout
+the supernet benchmark ranks with, about 2.4 s/cell) and cross-check N=5 on the first 100 cells:
+    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/nb201_proxies.py --cells 1
+Another seed or layout on a prefix of the same cells, then the cross-check in the summary:
+    ... benchmarks/nb201_proxies.py --cells 5 --num-archs 100 --prefix proxies_c16n5_subset
+    ... benchmarks/nb201_proxies.py --cells 1 --summary-only --compare-with proxies_c16n5_subset
 Rebuild the summary from the CSV only:  ... --summary-only
 """
 
@@ -248,7 +252,7 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         f"Constrained scenario: FLOPs <= {c['flops_at_most'] / 1e6:.2f}M (median of the drawn cells;",
         f"{c['feasible_cells']} feasible, best feasible {c['best_feasible_true_acc']:.2f}%, mean {c['mean_feasible_true_acc']:.2f}%).",
         "",
-        "Single seed: proxies are deterministic given the seed (see the seed check below when present).",
+        "Single seed: proxies are deterministic given the seed.",
         "",
         "| signal | Kendall tau | Spearman rho | P@1% | P@5% | top pick acc (pctl) | tau among feasible | constrained pick acc (pctl among feasible) | s/cell | degenerate cells |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -291,20 +295,22 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         f"Command: `{result['command']}`",
         "",
     ]
-    seed_check = result.get("seed_check")
-    if seed_check:
+    check = result.get("cross_check")
+    if check:
+        other = check["other_settings"]
         lines += [
-            "## Seed sensitivity",
+            f"## Cross-check: the same cells under other settings (`{check['other_prefix']}`)",
             "",
-            f"The first {seed_check['num_cells']} cells again with init/batch seed {seed_check['other_seed']} "
-            f"(`{seed_check['other_prefix']}_scores.csv`): Kendall tau between the two seeds' values of each proxy,",
-            "and each seed's tau against the truth on those cells.",
+            f"The first {check['num_cells']} cells again with init/batch seed {other['seed']}, layout "
+            f"C={other['layout']['channels']}, N={other['layout']['cells_per_stage']}, batch {other['batch_size']}",
+            f"(`{check['other_prefix']}_scores.csv`, `{check['other_prefix']}.md`): Kendall tau between the two runs'",
+            "values of each proxy, and each run's tau against the truth on those cells.",
             "",
-            "| proxy | tau(seed a, seed b) | tau vs truth, seed a | tau vs truth, seed b |",
+            "| proxy | tau(this run, other run) | tau vs truth, this run | tau vs truth, other run |",
             "| --- | --- | --- | --- |",
         ]
-        for name, r in seed_check["proxies"].items():
-            lines.append(f"| {name} | {_f(r['tau_between_seeds'])} | {_f(r['tau_truth_a'])} | {_f(r['tau_truth_b'])} |")
+        for name, r in check["proxies"].items():
+            lines.append(f"| {name} | {_f(r['tau_between_runs'])} | {_f(r['tau_truth_a'])} | {_f(r['tau_truth_b'])} |")
         lines.append("")
     notes = path.with_name(path.stem + "_notes.md")  # hand-written findings, kept next to the data
     if notes.exists():
@@ -312,7 +318,8 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
     path.write_text("\n".join(lines))
 
 
-def seed_check(names: list[str], csv_path: Path, other_prefix: str) -> dict[str, Any] | None:
+def cross_check(names: list[str], csv_path: Path, other_prefix: str) -> dict[str, Any] | None:
+    """Agreement with another run on the cells both scored (another seed or layout)."""
     from spos.stats import kendall_tau
 
     other_path = OUT / f"{other_prefix}_scores.csv"
@@ -324,13 +331,13 @@ def seed_check(names: list[str], csv_path: Path, other_prefix: str) -> dict[str,
         return None
     other_meta = json.loads(other_path.with_suffix(".meta.json").read_text())
     truth = np.array([float(first[i]["true_acc"]) for i in common])
-    out: dict[str, Any] = {"num_cells": len(common), "other_seed": other_meta["seed"], "other_prefix": other_prefix, "proxies": {}}
+    out: dict[str, Any] = {"num_cells": len(common), "other_settings": other_meta, "other_prefix": other_prefix, "proxies": {}}
     for name in names:
-        if name in ("params", "flops"):
-            continue
+        if name in ("params", "flops") and other_meta["layout"] == json.loads(csv_path.with_suffix(".meta.json").read_text())["layout"]:
+            continue  # a table lookup: identical in both runs
         a = _finite_floor(np.array([float(first[i][name]) for i in common]))
         b = _finite_floor(np.array([float(second[i][name]) for i in common]))
-        out["proxies"][name] = {"tau_between_seeds": kendall_tau(a, b), "tau_truth_a": kendall_tau(truth, a), "tau_truth_b": kendall_tau(truth, b)}
+        out["proxies"][name] = {"tau_between_runs": kendall_tau(a, b), "tau_truth_a": kendall_tau(truth, a), "tau_truth_b": kendall_tau(truth, b)}
     return out
 
 
@@ -344,7 +351,10 @@ def main() -> int:
     parser.add_argument("--cells", type=int, default=5, help="nb201 layout cells_per_stage (N)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--prefix", default="proxies", help="results/nb201/<prefix>_scores.csv, <prefix>.json/.md")
-    parser.add_argument("--seed-check-prefix", default="proxies_seed1", help="another seed's prefix to compare with")
+    parser.add_argument(
+        "--compare-with", default=None,
+        help="prefix of another run on a prefix of the same cells (other seed or layout) to cross-check",
+    )
     parser.add_argument("--summary-only", action="store_true", help="rebuild the summary from the CSV")
     args = parser.parse_args()
     from spos.proxies import list_proxies
@@ -358,10 +368,10 @@ def main() -> int:
             return 2
     wall = 0.0 if args.summary_only else compute(args, names, csv_path)
     result = summarise(args, names, csv_path, wall)
-    if args.prefix != args.seed_check_prefix:
-        check = seed_check(names, csv_path, args.seed_check_prefix)
+    if args.compare_with and args.compare_with != args.prefix:
+        check = cross_check(names, csv_path, args.compare_with)
         if check:
-            result["seed_check"] = check
+            result["cross_check"] = check
     (OUT / f"{args.prefix}.json").write_text(json.dumps(result, indent=2) + "\n")
     write_markdown(result, OUT / f"{args.prefix}.md")
     print(json.dumps({n: {k: round(v, 3) for k, v in r.items() if isinstance(v, float)} for n, r in result["proxies"].items()}, indent=1))
