@@ -3,8 +3,8 @@
 Issue 7 asks whether a block + channel supernet (``shufflenet_channel_cifar``, 8 mid-width
 scales per block, the max-width weights sliced per path) still trains its full-width paths as
 well as the block-only supernet (``shufflenet_cifar``) given the same optimiser steps, and
-whether warming up at full width (``supernet.choice_warmup_steps``, then widening over
-``supernet.choice_widen_steps``) helps. Three supernets are trained with the supernet stage on
+whether warming up at full width (``supernet.sampler.warmup_steps``, then widening over
+``supernet.sampler.widen_steps``) helps. Three supernets are trained with the supernet stage on
 Fashion-MNIST with identical recipes and seeds:
 
 * ``block``: the block-only supernet;
@@ -36,10 +36,13 @@ from pathlib import Path
 import torch
 
 from spos.config import load_config
+from spos.data.prepare import prepare_data
 from spos.dist import Runtime
+from spos.rundir import RunDir
+from spos.scoring import build_scorer
 from spos.space import make_rng
 from spos.stages import train_supernet
-from spos.stages.common import build_space, prepare_data
+from spos.stages.common import build_space
 from spos.supernet import build_supernet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,10 +54,10 @@ def train(name: str, overrides: list[str], run_dir: Path, runtime: Runtime) -> t
     started = time.perf_counter()
     train_supernet.run(config, run_dir, runtime=runtime)
     seconds = time.perf_counter() - started
-    data = prepare_data(config)
+    data = prepare_data(config.data, seed=config.seed)
     space = build_space(config, data)
     supernet = build_supernet(space)
-    payload = torch.load(run_dir / train_supernet.CHECKPOINT_NAME, map_location="cpu", weights_only=False)
+    payload = torch.load(RunDir(run_dir).supernet_ckpt, map_location="cpu", weights_only=False)
     supernet.load_state_dict(payload["state"]["model"])
     print(f"[{name}] trained {config.supernet.steps} steps in {seconds:.0f} s", flush=True)
     return config, data, space, supernet, seconds
@@ -81,10 +84,10 @@ def main() -> None:
         "threads=1",
         f"supernet.steps={args.steps}",
         f"supernet.batch_size={args.batch_size}",
-        f"supernet.lr={args.lr}",
-        f"supernet.warmup_steps={args.warmup if args.warmup is not None else max(1, args.steps // 20)}",
-        "supernet.eval_every=0",
-        "supernet.panel_size=0",
+        f"supernet.optim.lr={args.lr}",
+        f"supernet.optim.warmup_steps={args.warmup if args.warmup is not None else max(1, args.steps // 20)}",
+        "supernet.panel.eval_every=0",
+        "supernet.panel.size=0",
         f"supernet.checkpoint_every={args.steps}",
     ]
     variants = {
@@ -92,8 +95,8 @@ def main() -> None:
         "channel": ["space.name=shufflenet_channel_cifar"],
         "channel+warmup": [
             "space.name=shufflenet_channel_cifar",
-            f"supernet.choice_warmup_steps={args.steps // 4}",
-            f"supernet.choice_widen_steps={args.steps // 2}",
+            f"supernet.sampler.warmup_steps={args.steps // 4}",
+            f"supernet.sampler.widen_steps={args.steps // 2}",
         ],
     }
     results: dict[str, dict] = {}
@@ -111,7 +114,7 @@ def main() -> None:
     random_widths = [[width_rng.choice(scales) for _ in panel[0].values] for _ in panel]
 
     for name, (config, data, space, supernet, seconds) in trained.items():
-        scorer = train_supernet.build_scorer(
+        scorer = build_scorer(
             supernet,
             data,
             runtime,
@@ -119,7 +122,7 @@ def main() -> None:
             recalibrate_images=args.recalibrate_images,
             val_images=args.val_images,
             batch_size=500,
-            channels_last=config.supernet.channels_last,
+            channels_last=config.runtime.channels_last,
         )
         full, narrow = [], []
         for arch, widths in zip(panel, random_widths, strict=True):

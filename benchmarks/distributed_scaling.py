@@ -54,10 +54,10 @@ def _overrides(args: argparse.Namespace, threads: int) -> list[str]:
         f"threads={threads}",
         f"supernet.steps={args.steps}",
         f"supernet.batch_size={args.batch_size}",
-        f"supernet.log_every={args.steps}",
+        f"runtime.log_every={args.steps}",
         f"supernet.checkpoint_every={args.steps}",
-        "supernet.eval_every=0",
-        "supernet.panel_size=0",
+        "supernet.panel.eval_every=0",
+        "supernet.panel.size=0",
         f"data.synthetic_size={args.images}",
         f"data.synthetic_image_size={args.image_size}",
     ]

@@ -5,7 +5,7 @@ One variant = one full measurement, run through the library's own stages:
 1. train an ``nb201`` supernet on the CIFAR-10 JPEG zip split like NB201's ``cifar10-valid``
    (25k train / 25k held-out validation) for a CPU budget (``--minutes``; the step count is set
    from a short throughput probe), logging the rank correlation of a 50-arch ground-truth panel
-   every ``supernet.eval_every`` steps;
+   every ``supernet.panel.eval_every`` steps;
 2. ``spos rank``: score ``--num-archs`` architectures (uniform, one per isomorphism class) and
    report Kendall tau, Spearman rho and precision@5%/10% against ``cifar10valid_valid_acc``;
 3. ``spos search``: evolutionary search and random search with the same evaluation budget, and
@@ -24,7 +24,7 @@ for uniform sampling on seeds 0 / 1. See benchmarks/results/nb201/notes.md:
     .venv/bin/python benchmarks/nb201_cifar10.py --name uniform_20k_c16n1 --steps 20000 \
         --num-archs 200 threads=1 space.layout.channels=16 space.layout.cells_per_stage=1
 ``--minutes M`` instead of ``--steps`` sets the step count from a throughput probe. Ablation
-variants add dotted config overrides, e.g. ``supernet.sampler=fair``.
+variants add dotted config overrides, e.g. ``supernet.sampler.name=fair``.
 Rescore an existing supernet with other scoring settings (no training):
     .venv/bin/python benchmarks/nb201_cifar10.py --name main_loss --reuse main search.score=loss
 Score an earlier checkpoint of a run (train it with "supernet.keep_checkpoints=[15000]"),
@@ -64,8 +64,8 @@ def _load(overrides: list[str]):
         CONFIG,
         [
             f"data.root={ZIP}",
-            f"supernet.rank_ground_truth={CSV}",
-            f"supernet.rank_column={COLUMN}",
+            f"ground_truth.path={CSV}",
+            f"ground_truth.column={COLUMN}",
             *overrides,
         ],
     )
@@ -77,8 +77,9 @@ def _probe_images_per_s(config, runtime, *, steps: int = 25) -> float:
 
     import torch.nn.functional as F
 
-    from spos.stages.common import build_space, make_sgd
+    from spos.stages.common import build_space
     from spos.supernet import build_supernet
+    from spos.train import make_sgd
 
     space = build_space(config)
     supernet = build_supernet(space).to(runtime.device).to(memory_format=torch.channels_last)
@@ -142,15 +143,15 @@ def run_variant(
             if steps is None:  # a CPU budget: set the step count from a throughput probe
                 probe = _probe_images_per_s(config, runtime)
                 steps = max(100, int(minutes * 60 * probe / config.supernet.batch_size * 0.9))
-            config = _load([*overrides, f"supernet.steps={steps}", f"supernet.eval_every={max(50, steps // 4)}"])
+            config = _load([*overrides, f"supernet.steps={steps}", f"supernet.panel.eval_every={max(50, steps // 4)}"])
         else:  # resuming: keep the step count of the interrupted run
             import yaml
 
             saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-            config = _load([*overrides, f"supernet.steps={saved['supernet']['steps']}", f"supernet.eval_every={saved['supernet']['eval_every']}"])
+            config = _load([*overrides, f"supernet.steps={saved['supernet']['steps']}", f"supernet.panel.eval_every={saved['supernet']['panel']['eval_every']}"])
         supernet_summary = train_supernet.run(config, run_dir, runtime=runtime)
     trained = time.perf_counter()
-    ranked = rank.run(config, run_dir, runtime=runtime, ground_truth=CSV, column=COLUMN, num_archs=num_archs)
+    ranked = rank.run(config, run_dir, runtime=runtime, num_archs=num_archs)
     ranked_at = time.perf_counter()
     searched = search.run(config, run_dir, runtime=runtime) if with_search else None
     done = time.perf_counter()
@@ -189,10 +190,10 @@ def run_variant(
             "epochs_of_25k": round(supernet_summary["images_seen"] / 25000, 1),
             "train_seconds": supernet_summary["train_seconds"],
             "probe_images_per_s": round(probe, 1) if probe else None,
-            "lr": config.supernet.lr,
-            "schedule": config.supernet.schedule,
-            "sampler": config.supernet.sampler,
-            "distinct_networks": config.supernet.distinct_networks,
+            "lr": config.supernet.optim.lr,
+            "schedule": config.supernet.optim.schedule,
+            "sampler": config.supernet.sampler.name,
+            "distinct_networks": config.supernet.sampler.distinct_networks,
             "panel_tau_curve": curve,
         },
         "rank": {k: ranked[k] for k in ("num_archs", "kendall_tau", "spearman_rho", "precision_at_5pct", "precision_at_10pct", "score_metric", "recalibrate_images", "val_images", "supernet_top_arch", "supernet_top_arch_true_value")}

@@ -65,11 +65,13 @@ from spos.arch import Arch  # noqa: E402
 from spos.checkpoint import load_checkpoint  # noqa: E402
 from spos.config import load_config  # noqa: E402
 from spos.cost import CostModel  # noqa: E402
+from spos.data.prepare import prepare_data  # noqa: E402
 from spos.dist import Runtime  # noqa: E402
+from spos.rundir import RunDir  # noqa: E402
+from spos.scoring import build_scorer  # noqa: E402
 from spos.space import SearchSpace  # noqa: E402
 from spos.stages import retrain, search, train_supernet  # noqa: E402
-from spos.stages.common import build_space, prepare_data  # noqa: E402
-from spos.stages.train_supernet import build_scorer  # noqa: E402
+from spos.stages.common import build_space  # noqa: E402
 from spos.supernet import build_supernet  # noqa: E402
 
 UNIFORM_BITS = (2, 4, 8)
@@ -88,14 +90,14 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         f"data.test_limit={args.test_limit}",
         f"supernet.steps={args.supernet_steps}",
         "supernet.batch_size=128",
-        "supernet.lr=0.1",
-        f"supernet.warmup_steps={min(100, args.supernet_steps // 4)}",
-        "supernet.schedule=linear",
-        "supernet.sampler=uniform",
-        "supernet.eval_every=0",
-        "supernet.panel_size=0",
+        "supernet.optim.lr=0.1",
+        f"supernet.optim.warmup_steps={min(100, args.supernet_steps // 4)}",
+        "supernet.optim.schedule=linear",
+        "supernet.sampler.name=uniform",
+        "supernet.panel.eval_every=0",
+        "supernet.panel.size=0",
         "supernet.checkpoint_every=500",
-        "supernet.log_every=100",
+        "runtime.log_every=100",
         f"search.population_size={args.population}",
         f"search.generations={args.generations}",
         f"search.top_k={max(2, args.population // 3)}",
@@ -106,8 +108,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         "search.batch_size=500",
         "search.random_baseline=false",
         "retrain.batch_size=128",
-        "retrain.schedule=cosine",
-        "retrain.weight_decay=0.0005",
+        "retrain.optim.schedule=cosine",
+        "retrain.optim.weight_decay=0.0005",
         "retrain.checkpoint_every=2000",
     ]
 
@@ -116,10 +118,10 @@ def _protocol_overrides(args: argparse.Namespace, protocol: str, seed: int) -> l
     """The retraining recipe of ``protocol``; the same for every model."""
     if protocol == "inherit":
         recipe = ["retrain.init=inherit", f"retrain.epochs={args.finetune_epochs}",
-                  f"retrain.lr={args.finetune_lr}", "retrain.warmup_steps=0"]  # fmt: skip
+                  f"retrain.optim.lr={args.finetune_lr}", "retrain.optim.warmup_steps=0"]  # fmt: skip
     else:
-        recipe = ["retrain.init=scratch", f"retrain.epochs={args.retrain_epochs}", "retrain.lr=0.1",
-                  f"retrain.warmup_steps={0 if args.quick else 100}"]  # fmt: skip
+        recipe = ["retrain.init=scratch", f"retrain.epochs={args.retrain_epochs}", "retrain.optim.lr=0.1",
+                  f"retrain.optim.warmup_steps={0 if args.quick else 100}"]  # fmt: skip
     return [*recipe, f"retrain.seed={seed}"]
 
 
@@ -223,7 +225,7 @@ def main() -> None:
     # 1. supernet
     clock = time.perf_counter()
     supernet_dir = args.work / "supernet"
-    supernet_path = supernet_dir / train_supernet.CHECKPOINT_NAME
+    supernet_path = RunDir(supernet_dir).supernet_ckpt
     supernet_summary = train_supernet.run(config, supernet_dir, runtime=runtime)
     timings["supernet_s"] = round(time.perf_counter() - clock, 1)
     print(f"supernet: {supernet_summary['steps']} steps in {timings['supernet_s']} s", flush=True)
@@ -258,9 +260,9 @@ def main() -> None:
     supernet = build_supernet(SearchSpace.from_dict(payload["space"]))
     supernet.load_state_dict(payload["state"]["model"])
     scorer = build_scorer(
-        supernet.eval(), prepare_data(config), runtime, seed=config.seed,
+        supernet.eval(), prepare_data(config.data, seed=config.seed), runtime, seed=config.seed,
         recalibrate_images=args.recalibrate_images, val_images=args.val_size, batch_size=500,
-        channels_last=config.supernet.channels_last,
+        channels_last=config.runtime.channels_last,
     )  # fmt: skip
     for model in uniform:
         model["supernet_score"] = scorer.score(model["arch"])
@@ -278,7 +280,7 @@ def main() -> None:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 arch.save(run_dir / "arch.json")
                 if protocol == "inherit":
-                    (run_dir / train_supernet.CHECKPOINT_NAME).symlink_to(supernet_path)
+                    RunDir(run_dir).supernet_ckpt.symlink_to(supernet_path)
                 run_config = load_config(
                     ROOT / "configs" / "default.yaml", [*_overrides(args), *_protocol_overrides(args, protocol, seed)]
                 )

@@ -46,17 +46,17 @@ import torch.nn.functional as F
 from spos import create_space, make_rng
 from spos import data as spos_data
 from spos.arch import Arch
+from spos.data.prepare import PreparedData
 from spos.dist import Runtime
 from spos.io import atomic_write_text
 from spos.latency import describe_device, measure_latency_table, validate_latency_table
 from spos.sampling import create_sampler
-from spos.scoring import ArchScorer
-from spos.space import SearchSpace
-from spos.spaces.catalog import OFFICIAL_REFERENCE_ARCH
-from spos.stages.common import PreparedData, learning_rate, make_sgd
-from spos.stages.train_supernet import build_scorer, seed_from
+from spos.scoring import ArchScorer, build_scorer
+from spos.space import SearchSpace, seed_from
+from spos.spaces.shufflenet import OFFICIAL_REFERENCE_ARCH
 from spos.stats import kendall_tau, spearman_rho
 from spos.supernet import Supernet, build_supernet
+from spos.train import learning_rate, make_sgd
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OFFICIAL_SECONDS_PER_CANDIDATE = 14.4  # SPEC section 8 (official release, 2 CPU cores, 224x224)

@@ -5,7 +5,7 @@ step on a path costs the same as a step of the standalone network of that path (
 step-time ratio <= 1.03, memory ratio <= 1.10). For several random paths of a space this script
 trains (a) ``supernet(x, arch)`` and (b) ``build_child(space, arch)`` the way the supernet stage
 does (synthetic data, ``channels_last``, cross-entropy with label smoothing 0.1, SGD with
-momentum 0.9 and the official weight-decay split of :func:`spos.stages.common.make_sgd`) and
+momentum 0.9 and the official weight-decay split of :func:`spos.train.make_sgd`) and
 reports:
 
 Time: (a) and (b) alternate in one process, each (path, repeat) a pair of adjacent steps whose
@@ -73,8 +73,8 @@ from spos.arch import Arch
 from spos.childnet import build_child
 from spos.io import atomic_write_text
 from spos.space import SearchSpace
-from spos.stages.common import make_sgd
 from spos.supernet import Supernet, build_supernet
+from spos.train import make_sgd
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TIME_TARGET = 1.03

@@ -26,4 +26,4 @@ def my_space(**layout):
     blocks = sum(layout["stage_repeats"])
     options = ("conv3x3", "shuffle3x3", "shuffle5x5", "xception")
     choices = [Choice(f"layer_{i}", options) for i in range(blocks)]
-    return SearchSpace("my_space", 1, "sequential", choices, layout)
+    return SearchSpace("my_space", 1, "shufflenet_ops", choices, layout)

@@ -84,9 +84,12 @@ class Arch(Mapping[str, Value]):
                 f"not an spos architecture (expected 'format': {ARCH_FORMAT!r}); "
                 "write it with `spos search` or Arch.save"
             )
-        if int(data.get("format_version", 0)) > ARCH_FORMAT_VERSION:
+        version = data.get("format_version", 0)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise ArchError(f"arch.json format_version must be an integer, got {repr(version)[:40]}; regenerate it")
+        if version > ARCH_FORMAT_VERSION:
             raise ArchError(
-                f"arch.json format_version {data['format_version']} is newer than this spos "
+                f"arch.json format_version {version} is newer than this spos "
                 f"understands ({ARCH_FORMAT_VERSION}); upgrade spos"
             )
         try:
@@ -108,6 +111,8 @@ class Arch(Mapping[str, Value]):
             data = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ArchError(f"{path} is not valid JSON ({exc}); regenerate it") from None
+        except RecursionError:
+            raise ArchError(f"{path} is nested too deeply to be an architecture; regenerate it") from None
         return cls.from_json(data)
 
     def short(self) -> str:

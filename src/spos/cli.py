@@ -7,6 +7,7 @@ No logic lives here beyond argument handling, progress bars (rank 0 only) and tu
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -14,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from spos.errors import SposError
+from spos.rundir import RunDir
 
 __all__ = ["main"]
 
 EXIT_USER_ERROR = 2
+EXIT_OS_ERROR = 1
 EXIT_INTERRUPTED = 130
 
 
@@ -39,11 +42,38 @@ class _TqdmProgress:
 
 def _resolve_config(args: argparse.Namespace):
     from spos.config import load_config
+    from spos.errors import ConfigError
 
     path = args.config
-    if path is None and args.out is not None and (Path(args.out) / "config.yaml").is_file():
-        path = Path(args.out) / "config.yaml"  # resume from the run directory alone
-    return load_config(path, args.overrides)
+    from_run_dir = path is None and args.out is not None and RunDir(args.out).config.is_file()
+    if from_run_dir:
+        path = RunDir(args.out).config  # resume from the run directory alone
+    config = load_config(path, args.overrides)
+    if from_run_dir and config.space.plugins and not getattr(args, "trust_plugins", False):
+        # A run directory may come from someone else: importing its plugins runs their code.
+        raise ConfigError(
+            f"{path} imports plugins {config.space.plugins}, which run code; pass "
+            "--trust-plugins if you trust this run directory (or give --config)"
+        )
+    return config
+
+
+def _run_dir(text: str) -> Path:
+    """argparse type of --out/--run: a non-empty path that is not a file."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty (give a run directory, e.g. runs/exp1)")
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; give a run directory")
+    return path
+
+
+def _add_trust_plugins(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trust-plugins",
+        action="store_true",
+        help="import the space.plugins named by RUN/config.yaml (they run code; off by default)",
+    )
 
 
 def _runtime(config):
@@ -64,7 +94,7 @@ def _cmd_train_supernet(args: argparse.Namespace) -> int:
     if runtime.is_main:
         print(
             f"supernet trained: {summary['steps']} steps, panel mean acc "
-            f"{summary['panel_mean_acc']}, summary in {Path(args.out) / 'summary.json'}"
+            f"{summary['panel_mean_acc']}, summary in {RunDir(args.out).summary}"
         )
     runtime.close()
     return 0
@@ -83,7 +113,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         if "baseline" in summary:
             line += f"; random baseline best {summary['baseline']['best_score']:.2f}%"
         print(line)
-        print(f"architecture written to {Path(args.out) / 'arch.json'}")
+        print(f"architecture written to {RunDir(args.out).arch_json}")
     runtime.close()
     return 0
 
@@ -104,14 +134,21 @@ def _cmd_rank(args: argparse.Namespace) -> int:
     from spos.stages import rank
 
     run_dir = Path(args.run)
-    config = _resolve_config(argparse.Namespace(config=args.config, out=run_dir, overrides=args.overrides))
+    config = _resolve_config(
+        argparse.Namespace(config=args.config, out=run_dir, overrides=args.overrides, trust_plugins=args.trust_plugins)
+    )
+    truth = config.ground_truth
+    config.ground_truth = dataclasses.replace(
+        truth,
+        path=str(args.ground_truth) if args.ground_truth is not None else truth.path,
+        column=args.column if args.column is not None else truth.column,
+    )
+    config.ground_truth.validate("ground_truth")
     runtime = _runtime(config)
     summary = rank.run(
         config,
         run_dir,
         runtime=runtime,
-        ground_truth=args.ground_truth,
-        column=args.column,
         num_archs=args.num_archs,
         progress=_TqdmProgress,
         supernet_path=args.supernet,
@@ -121,7 +158,7 @@ def _cmd_rank(args: argparse.Namespace) -> int:
             f"ranked {summary['num_archs']} architectures: Kendall tau {summary['kendall_tau']:.3f}, "
             f"Spearman rho {summary['spearman_rho']:.3f}, precision@5% "
             f"{summary['precision_at_5pct']:.2f}, precision@10% {summary['precision_at_10pct']:.2f}; "
-            f"plot in {run_dir / 'rank' / 'scatter.png'}"
+            f"plot in {RunDir(run_dir).rank_plot}"
         )
         baselines = summary["cost_baselines"]
         print(
@@ -142,11 +179,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from spos.stages import export
 
     run_dir = Path(args.run)
-    config = _resolve_config(argparse.Namespace(config=args.config, out=run_dir, overrides=args.overrides))
+    config = _resolve_config(
+        argparse.Namespace(config=args.config, out=run_dir, overrides=args.overrides, trust_plugins=args.trust_plugins)
+    )
     runtime = _runtime(config)
     summary = export.run(config, run_dir, runtime=runtime)  # every rank: it meets at a barrier
     if runtime.is_main:
-        print(f"exported to {run_dir / 'export'}: {json.dumps(summary)}")
+        print(f"exported to {RunDir(run_dir).export_dir}: {json.dumps(summary)}")
     runtime.close()
     return 0
 
@@ -243,8 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     def stage(name: str, help_text: str, handler) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", type=Path, default=None, help="YAML config (default: RUN_DIR/config.yaml, else built-in defaults)")
-        p.add_argument("--out", type=Path, required=True, help="run directory (rerun the same command to resume)")
-        p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. supernet.lr=0.1")
+        p.add_argument("--out", type=_run_dir, required=True, help="run directory (rerun the same command to resume)")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. supernet.optim.lr=0.1")
+        _add_trust_plugins(p)
         p.set_defaults(handler=handler)
         return p
 
@@ -259,15 +299,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export the retrained model to ONNX and torch.export, checked numerically")
     # --out as for the other stages; also the spelling torchrun accepts (it reads "--run" as
     # an ambiguous abbreviation of its own --run-path and refuses the command line).
-    p.add_argument("--run", "--out", dest="run", type=Path, required=True, help="run directory with retrain/child.ckpt")
+    p.add_argument("--run", "--out", dest="run", type=_run_dir, required=True, help="run directory with retrain/child.ckpt")
     p.add_argument("--config", type=Path, default=None, help="config (default: RUN/config.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
+    _add_trust_plugins(p)
     p.set_defaults(handler=_cmd_export)
 
     p = sub.add_parser("rank", help="rank correlation of supernet scores with ground-truth accuracies")
-    p.add_argument("--run", type=Path, required=True, help="run directory with supernet.ckpt")
-    p.add_argument("--ground-truth", type=Path, required=True, help="CSV with an arch or arch_str column")
-    p.add_argument("--column", required=True, help="ground-truth accuracy column, e.g. cifar10valid_valid_acc")
+    p.add_argument("--run", type=_run_dir, required=True, help="run directory with supernet.ckpt")
+    _add_trust_plugins(p)
+    p.add_argument(
+        "--ground-truth", type=Path, default=None, help="CSV with an arch or arch_str column (default: ground_truth.path)"
+    )
+    p.add_argument(
+        "--column", default=None, help="accuracy column, e.g. cifar10valid_valid_acc (default: ground_truth.column)"
+    )
     p.add_argument("--num-archs", type=int, default=200, help="architectures to score (one per isomorphism class)")
     p.add_argument("--supernet", type=Path, default=None, help="supernet checkpoint (default: RUN/supernet.ckpt)")
     p.add_argument("--config", type=Path, default=None, help="config (default: RUN/config.yaml)")
@@ -275,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_rank)
 
     p = sub.add_parser("report", help="plots and a summary page from a run directory")
-    p.add_argument("--run", type=Path, required=True, help="run directory")
+    p.add_argument("--run", type=_run_dir, required=True, help="run directory")
     p.set_defaults(handler=_cmd_report)
 
     p = sub.add_parser("latency-table", help="measure a per-(layer, choice) latency lookup table")
@@ -313,6 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     except SposError as exc:
         print(f"spos: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as exc:  # full disk, read-only file system, permissions, a file for a folder
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"spos: error: {where}{exc.strerror or exc}; nothing finished was lost, fix it and rerun", file=sys.stderr)
+        return EXIT_OS_ERROR
     except KeyboardInterrupt:
         print("spos: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return EXIT_INTERRUPTED

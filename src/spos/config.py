@@ -12,6 +12,7 @@ Each field is documented by the string right below it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,7 +26,12 @@ from spos.errors import ConfigError
 __all__ = [
     "SpaceConfig",
     "DataConfig",
+    "OptimConfig",
+    "SamplerConfig",
+    "PanelConfig",
     "SupernetConfig",
+    "GroundTruthConfig",
+    "RuntimeConfig",
     "ConstraintConfig",
     "SearchConfig",
     "RetrainConfig",
@@ -52,10 +58,8 @@ class SpaceConfig:
 
 @dataclass
 class DataConfig:
-    dataset: Literal["fashion_mnist", "cifar10", "cifar100", "image_folder", "synthetic"] = (
-        "fashion_mnist"
-    )
-    """Which reader to use."""
+    dataset: str = "fashion_mnist"
+    """Which reader to use: a name registered in :mod:`spos.data.readers`."""
     root: str | None = None
     """Dataset location; None means the reader's default (Fashion-MNIST: Debian's path)."""
     cache_dir: str = "~/.cache/spos"
@@ -94,6 +98,14 @@ class DataConfig:
     """Image decoding threads per process (data.lazy only); null: CPU count, at most 8."""
 
     def validate(self, prefix: str) -> None:
+        # The registry of dataset names; torch-free, but imported here as it pulls in numpy.
+        from spos.data.readers import DATASET_NAMES
+
+        _check(
+            self.dataset in DATASET_NAMES,
+            f"{prefix}.dataset",
+            f"must be one of {list(DATASET_NAMES)}, got {self.dataset!r}",
+        )
         _check(self.val_size >= 1, f"{prefix}.val_size", "must be at least 1")
         if self.lazy:
             _check(
@@ -119,11 +131,9 @@ class DataConfig:
 
 
 @dataclass
-class SupernetConfig:
-    steps: int = 3000
-    """Optimiser steps (one uniformly sampled path per step)."""
-    batch_size: int = 128
-    """Global batch size (split across ranks under torchrun)."""
+class OptimConfig:
+    """SGD with a warmed-up, decaying learning rate (shared by supernet training and retraining)."""
+
     lr: float = 0.2
     """Peak learning rate."""
     momentum: float = 0.9
@@ -138,121 +148,180 @@ class SupernetConfig:
     """Per-step decay to zero after warm-up (official: linear)."""
     warmup_steps: int = 0
     """Linear warm-up steps from 0 to the peak learning rate."""
-    schedule_steps: int | None = None
-    """Length of the learning-rate schedule; None: ``steps``. Set it above ``steps`` to stop
-    training before the rate has decayed to 0 (``steps=15000 schedule_steps=20000`` trains
-    exactly the 15k checkpoint of a 20k-step run, in 3/4 of the time). On NAS-Bench-201 that
-    was not reliably better: 0.676 for one run, 0.479 and 0.614 for two others
-    (benchmarks/results/nb201/notes.md)."""
     grad_clip: float = 0.0
-    """Clip each step's gradient norm (over the sampled path) to this value; 0 turns it off.
-    Paths of one supernet can differ a lot in activation scale (a cell of skips and sums
-    against one of convs), and NAS-Bench-201's own weight-sharing baselines clip at 5. The
-    pre-clip norm is logged as ``grad_norm``."""
-    sampler: Literal["uniform", "constraint", "fair"] = "uniform"
+    """Clip each step's gradient norm to this value; 0 turns it off. In the supernet the norm is
+    taken over the sampled path, whose activation scale can differ a lot between paths (a cell
+    of skips and sums against one of convs); NAS-Bench-201's own weight-sharing baselines clip
+    at 5. The pre-clip norm is logged as ``grad_norm``."""
+
+    def validate(self, prefix: str, *, steps: int | None) -> None:
+        """Check ranges; ``steps`` is the schedule's length when known (None: checked at run time)."""
+        _check(self.lr > 0, f"{prefix}.lr", "must be positive")
+        _check(0 <= self.momentum < 1, f"{prefix}.momentum", "must be in [0, 1)")
+        _check(self.weight_decay >= 0, f"{prefix}.weight_decay", "must be >= 0")
+        _check(0 <= self.label_smoothing < 1, f"{prefix}.label_smoothing", "must be in [0, 1)")
+        _check(self.warmup_steps >= 0, f"{prefix}.warmup_steps", "must be >= 0")
+        if steps is not None:
+            _check(
+                self.warmup_steps < steps,
+                f"{prefix}.warmup_steps",
+                f"must be below the {steps} steps of the schedule",
+            )
+        _check(self.grad_clip >= 0, f"{prefix}.grad_clip", "must be >= 0 (0 turns clipping off)")
+
+
+@dataclass
+class SamplerConfig:
+    """Which single path each supernet step trains (SPEC section 3)."""
+
+    name: Literal["uniform", "constraint", "fair"] = "uniform"
     """Path sampling: uniform (the paper's core method), uniform-constraint (FLOPs bins, the
-    paper's ImageNet default) or strict-fair (each option of every choice once per window; on
-    NAS-Bench-201 neither fair nor uniform ranked better consistently across two seeds, see
-    benchmarks/results/nb201_cifar10.md)."""
+    paper's ImageNet default) or strict-fair (each option of every choice once per window)."""
     flops_min: float | None = None
-    """Lower FLOPs bound for constraint sampling (multiply-adds); None: the space minimum."""
+    """Lower FLOPs bound of constraint sampling (multiply-adds); None: the space minimum."""
     flops_max: float | None = None
-    """Upper FLOPs bound for constraint sampling; None: the space maximum."""
+    """Upper FLOPs bound of constraint sampling; None: the space maximum."""
     flops_bins: int = 7
-    """Number of equal FLOPs bins for constraint sampling (official: 7)."""
-    sampler_max_tries: int = 100
+    """Number of equal FLOPs bins of constraint sampling (official: 7)."""
+    max_tries: int = 100
     """Rejection-sampling tries per step before falling back to a uniform path."""
     distinct_networks: bool = False
     """De-isomorphic sampling (Ning et al., NeurIPS 2021): draw paths uniformly over distinct
     networks, the space's canonical forms (:meth:`spos.space.SearchSpace.canonical`), instead
-    of over labelings. On NAS-Bench-201 uniform labelings over-train the few networks that many
-    cells collapse to (e.g. every cell whose output node receives nothing); spaces without a
-    canonical form sample as before. Works with the uniform and constraint samplers. Off by
-    default: on NAS-Bench-201 (C=16, N=1, 20k steps, seed 0) it ranked at Kendall tau 0.551
-    against uniform's 0.629."""
-    choice_warmup_steps: int = 0
-    """Steps during which choices labelled ``choice_warmup_prefix*`` only take
-    ``choice_warmup_option`` (channel search: every block at full width, so narrow paths do not
-    derail early training); 0 disables the warm-up. Under sampler=fair the restricted choices
-    draw uniformly among their allowed options and the others stay strictly fair."""
-    choice_widen_steps: int = 0
+    of over labelings, so the few networks that many labelings collapse to are not over-trained.
+    Spaces without a canonical form sample as before. Works with uniform and constraint."""
+    warmup_steps: int = 0
+    """Steps during which choices labelled ``warmup_prefix*`` only take ``warmup_option``
+    (channel search: every block at full width, so narrow paths do not derail early training);
+    0 disables the warm-up. Under name=fair the restricted choices draw uniformly among their
+    allowed options and the others stay strictly fair."""
+    widen_steps: int = 0
     """Steps after the warm-up over which those choices' allowed options grow linearly to all
-    of them, nearest to choice_warmup_option first; 0 allows all right after the warm-up."""
-    choice_warmup_prefix: str = "width_"
+    of them, nearest to warmup_option first; 0 allows all right after the warm-up."""
+    warmup_prefix: str = "width_"
     """Label prefix of the choices the warm-up restricts (``width_`` in channel spaces)."""
-    choice_warmup_option: float = 1.0
+    warmup_option: float = 1.0
     """The option those choices take during the warm-up (1.0: full width)."""
+
+    def validate(self, prefix: str) -> None:
+        _check(self.flops_bins >= 1, f"{prefix}.flops_bins", "must be at least 1")
+        _check(self.max_tries >= 1, f"{prefix}.max_tries", "must be at least 1")
+        _check(
+            not (self.distinct_networks and self.name == "fair"),
+            f"{prefix}.distinct_networks",
+            "works with name=uniform or constraint (strict fairness over labelings has no "
+            f"distinct-network form); set {prefix}.name=uniform or distinct_networks=false",
+        )
+        for name in ("warmup_steps", "widen_steps"):
+            _check(getattr(self, name) >= 0, f"{prefix}.{name}", "must be >= 0")
+        if self.flops_min is not None and self.flops_max is not None:
+            _check(self.flops_min < self.flops_max, f"{prefix}.flops_min", "must be below flops_max")
+
+
+@dataclass
+class PanelConfig:
+    """Fixed architectures scored during supernet training, to watch it learn."""
+
     eval_every: int = 500
-    """Evaluate the architecture panel every N steps (0: only at the end)."""
-    panel_size: int = 5
-    """Fixed architectures whose validation accuracy is tracked during training."""
-    panel_val_images: int = 2000
+    """Evaluate the panel every N steps (0: only at the end)."""
+    size: int = 5
+    """Fixed architectures whose validation accuracy is tracked."""
+    val_images: int = 2000
     """Validation images per panel evaluation."""
-    panel_recalibrate_images: int = 2000
+    recalibrate_images: int = 2000
     """Training images for BN recalibration before each panel evaluation."""
+    ground_truth_size: int = 50
+    """Architectures (one per isomorphism class) in the ground-truth panel, whose Kendall tau /
+    Spearman rho against ``ground_truth`` is logged at every panel evaluation (only when
+    ``ground_truth.path`` is set)."""
+
+    def validate(self, prefix: str) -> None:
+        for name in ("eval_every", "size"):
+            _check(getattr(self, name) >= 0, f"{prefix}.{name}", "must be >= 0")
+        for name in ("val_images", "recalibrate_images"):
+            _check(getattr(self, name) >= 1, f"{prefix}.{name}", "must be at least 1")
+        _check(self.ground_truth_size >= 2, f"{prefix}.ground_truth_size", "must be at least 2")
+
+
+@dataclass
+class SupernetConfig:
+    steps: int = 3000
+    """Optimiser steps (one sampled path per step)."""
+    batch_size: int = 128
+    """Global batch size (split across ranks under torchrun)."""
+    schedule_steps: int | None = None
+    """Length of the learning-rate schedule; None: ``steps``. Set it above ``steps`` to stop
+    training before the rate has decayed to 0 (``steps=15000 schedule_steps=20000`` trains
+    exactly the 15k checkpoint of a 20k-step run, in 3/4 of the time)."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimiser and learning-rate schedule."""
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    """Path sampling."""
+    panel: PanelConfig = field(default_factory=PanelConfig)
+    """Architectures evaluated during training."""
     checkpoint_every: int = 200
     """Write a resumable checkpoint every N steps (and at the end)."""
     keep_checkpoints: list[int] = field(default_factory=list)
     """Steps whose weights are also kept as ``supernet_step<N>.ckpt`` beside the rolling
     checkpoint, to score earlier checkpoints with ``spos rank --supernet`` / ``spos search
-    --supernet`` (on NAS-Bench-201 the checkpoint at 3/4 of a cosine schedule ranked better
-    than the final one)."""
-    log_every: int = 20
-    """Write a metrics line every N steps."""
-    channels_last: bool = True
-    """Use the channels_last memory format (faster on CPU and tensor cores)."""
-    amp: Literal["none", "bf16"] = "none"
-    """Mixed precision of training forwards: bf16 autocast on CUDA; ignored (one warning) on CPU."""
-    rank_ground_truth: str | None = None
-    """CSV of true accuracies (e.g. NAS-Bench-201); if set, every panel evaluation also logs the
-    Kendall tau / Spearman rho of the supernet's scores of a fixed ground-truth panel."""
-    rank_column: str | None = None
-    """Column of rank_ground_truth holding the true accuracy (needed with it)."""
-    rank_panel_size: int = 50
-    """Architectures (one per isomorphism class) in the ground-truth panel."""
+    --supernet``."""
+
+    @property
+    def total_schedule_steps(self) -> int:
+        """Steps of the learning-rate schedule (``schedule_steps`` or ``steps``)."""
+        return self.schedule_steps if self.schedule_steps is not None else self.steps
 
     def validate(self, prefix: str) -> None:
         _check(self.steps >= 1, f"{prefix}.steps", "must be at least 1")
         _check(self.batch_size >= 1, f"{prefix}.batch_size", "must be at least 1")
-        _check(self.lr > 0, f"{prefix}.lr", "must be positive")
-        _check(0 <= self.momentum < 1, f"{prefix}.momentum", "must be in [0, 1)")
-        _check(self.weight_decay >= 0, f"{prefix}.weight_decay", "must be >= 0")
-        _check(0 <= self.label_smoothing < 1, f"{prefix}.label_smoothing", "must be in [0, 1)")
-        _check(0 <= self.warmup_steps < self.steps, f"{prefix}.warmup_steps", "must be in [0, steps)")
-        _check(self.grad_clip >= 0, f"{prefix}.grad_clip", "must be >= 0 (0 turns clipping off)")
-        _check(
-            self.rank_ground_truth is None or bool(self.rank_column),
-            f"{prefix}.rank_column",
-            "must name the accuracy column of rank_ground_truth",
-        )
-        _check(self.rank_panel_size >= 2, f"{prefix}.rank_panel_size", "must be at least 2")
-        _check(self.flops_bins >= 1, f"{prefix}.flops_bins", "must be at least 1")
-        _check(self.sampler_max_tries >= 1, f"{prefix}.sampler_max_tries", "must be at least 1")
-        _check(
-            all(1 <= step <= self.steps for step in self.keep_checkpoints),
-            f"{prefix}.keep_checkpoints",
-            f"must list steps between 1 and supernet.steps ({self.steps})",
-        )
         _check(
             self.schedule_steps is None or self.schedule_steps >= self.steps,
             f"{prefix}.schedule_steps",
             "must be >= steps (a schedule shorter than training would end at a rate of 0 and "
             "leave the remaining steps untrained); leave it empty to use steps",
         )
+        self.optim.validate(f"{prefix}.optim", steps=self.total_schedule_steps)
+        self.sampler.validate(f"{prefix}.sampler")
+        self.panel.validate(f"{prefix}.panel")
+        _check(self.checkpoint_every >= 1, f"{prefix}.checkpoint_every", "must be at least 1")
         _check(
-            not (self.distinct_networks and self.sampler == "fair"),
-            f"{prefix}.distinct_networks",
-            "works with sampler=uniform or constraint (strict fairness over labelings has no "
-            "distinct-network form); set supernet.sampler=uniform or distinct_networks=false",
+            all(1 <= step <= self.steps for step in self.keep_checkpoints),
+            f"{prefix}.keep_checkpoints",
+            f"must list steps between 1 and supernet.steps ({self.steps})",
         )
-        for name in ("choice_warmup_steps", "choice_widen_steps"):
-            _check(getattr(self, name) >= 0, f"{prefix}.{name}", "must be >= 0")
-        for name in ("eval_every", "panel_size"):
-            _check(getattr(self, name) >= 0, f"{prefix}.{name}", "must be >= 0")
-        for name in ("panel_val_images", "panel_recalibrate_images", "checkpoint_every", "log_every"):
-            _check(getattr(self, name) >= 1, f"{prefix}.{name}", "must be at least 1")
-        if self.flops_min is not None and self.flops_max is not None:
-            _check(self.flops_min < self.flops_max, f"{prefix}.flops_min", "must be below flops_max")
+
+
+@dataclass
+class GroundTruthConfig:
+    """True accuracies of architectures (e.g. NAS-Bench-201), to measure how well scores rank."""
+
+    path: str | None = None
+    """CSV with one architecture per row (``spos rank`` documents the format); None: no ground
+    truth. Used by the supernet's ground-truth panel and by ``spos rank``."""
+    column: str | None = None
+    """Column of the CSV holding the true accuracy (needed with ``path``)."""
+
+    def validate(self, prefix: str) -> None:
+        _check(
+            self.path is None or bool(self.column),
+            f"{prefix}.column",
+            f"must name the accuracy column of {prefix}.path",
+        )
+
+
+@dataclass
+class RuntimeConfig:
+    """How training runs on the machine (shared by every training stage)."""
+
+    channels_last: bool = True
+    """Use the channels_last memory format (faster on CPU and tensor cores)."""
+    amp: Literal["none", "bf16"] = "none"
+    """Mixed precision of training forwards: bf16 autocast on CUDA; ignored (one warning) on CPU."""
+    log_every: int = 20
+    """Write a metrics line every N steps."""
+
+    def validate(self, prefix: str) -> None:
+        _check(self.log_every >= 1, f"{prefix}.log_every", "must be at least 1")
 
 
 @dataclass
@@ -281,6 +350,11 @@ class SearchConfig:
     """Per-gene resampling probability of a mutation."""
     crossover_count: int = 25
     """Uniform-crossover children per generation."""
+    max_tries: int | None = None
+    """Draws per proposal phase of a generation before it goes on with fewer candidates (or,
+    in generation 0, stops: no feasible architecture found); None: 10 per wanted candidate.
+    Raise it for constraints that few architectures meet (spaces of up to 200,000
+    architectures are enumerated instead when draws fall short)."""
     recalibrate_images: int = 20000
     """Training images forwarded to recalibrate BN before scoring a candidate (paper: ~20k)."""
     val_images: int | None = None
@@ -310,7 +384,7 @@ class SearchConfig:
         for name in ("population_size", "generations", "top_k", "recalibrate_images", "batch_size"):
             _check(getattr(self, name) >= 1, f"{prefix}.{name}", "must be at least 1")
         _check(self.final_top_k >= 0, f"{prefix}.final_top_k", "must be >= 0 (0 turns the final re-scoring off)")
-        for name in ("final_recalibrate_images", "final_val_images", "val_images"):
+        for name in ("final_recalibrate_images", "final_val_images", "val_images", "max_tries"):
             value = getattr(self, name)
             _check(value is None or value >= 1, f"{prefix}.{name}", "must be at least 1 (or null)")
         _check(self.top_k <= self.population_size, f"{prefix}.top_k", "must be <= population_size")
@@ -329,20 +403,8 @@ class RetrainConfig:
     """Training epochs of the standalone network from scratch."""
     batch_size: int = 128
     """Global batch size."""
-    lr: float = 0.2
-    """Peak learning rate."""
-    momentum: float = 0.9
-    """SGD momentum."""
-    nesterov: bool = False
-    """Nesterov momentum."""
-    weight_decay: float = 4e-5
-    """Weight decay on conv and linear weights only."""
-    label_smoothing: float = 0.1
-    """Label smoothing of the cross-entropy loss."""
-    schedule: Literal["linear", "cosine"] = "linear"
-    """Per-step decay to zero after warm-up."""
-    warmup_steps: int = 0
-    """Linear warm-up steps."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimiser and learning-rate schedule."""
     init: Literal["scratch", "inherit"] = "scratch"
     """Train from scratch (paper) or fine-tune from the supernet's weights."""
     seed: int | None = None
@@ -353,14 +415,12 @@ class RetrainConfig:
     """After training, recompute BN statistics over one epoch (official release)."""
     checkpoint_every: int = 200
     """Resumable checkpoint every N steps."""
-    amp: Literal["none", "bf16"] = "none"
-    """Mixed precision of training forwards: bf16 autocast on CUDA; ignored (one warning) on CPU."""
 
     def validate(self, prefix: str) -> None:
         for name in ("epochs", "batch_size", "checkpoint_every"):
             _check(getattr(self, name) >= 1, f"{prefix}.{name}", "must be at least 1")
-        _check(self.lr > 0, f"{prefix}.lr", "must be positive")
-        _check(0 <= self.label_smoothing < 1, f"{prefix}.label_smoothing", "must be in [0, 1)")
+        # The step count depends on the dataset size: the stage checks the warm-up against it.
+        self.optim.validate(f"{prefix}.optim", steps=None)
 
 
 @dataclass
@@ -381,6 +441,10 @@ class RunConfig:
     """Architecture search (SPEC section 4)."""
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     """Retraining of the found architecture (SPEC section 5)."""
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    """Memory format, mixed precision and logging of every training stage."""
+    ground_truth: GroundTruthConfig = field(default_factory=GroundTruthConfig)
+    """True accuracies for ranking diagnostics (supernet panel and ``spos rank``)."""
 
     def validate(self) -> RunConfig:
         _check(
@@ -389,7 +453,7 @@ class RunConfig:
             "must be auto, cpu, cuda or cuda:N",
         )
         _check(self.threads is None or self.threads >= 1, "threads", "must be >= 1 or null")
-        for name in ("data", "supernet", "search", "retrain"):
+        for name in ("data", "supernet", "search", "retrain", "runtime", "ground_truth"):
             getattr(self, name).validate(name)
         return self
 
@@ -399,7 +463,86 @@ def _check(condition: bool, name: str, message: str) -> None:
         raise ConfigError(f"config field {name!r} {message}")
 
 
+def _moved(old_section: str, new_section: str, keys: str) -> dict[str, str]:
+    return {f"{old_section}.{k.split(':')[0]}": f"{new_section}.{k.split(':')[-1]}" for k in keys.split()}
+
+
+_OPTIM = "lr momentum nesterov weight_decay label_smoothing schedule warmup_steps grad_clip"
+MOVED_KEYS: dict[str, str] = {
+    # Before the config was nested (issue 16), these keys sat flat in their stage's section.
+    **_moved("supernet", "supernet.optim", _OPTIM),
+    **_moved("retrain", "retrain.optim", _OPTIM),
+    "supernet.sampler": "supernet.sampler.name",  # a scalar there is the old form
+    **_moved(
+        "supernet",
+        "supernet.sampler",
+        "flops_min flops_max flops_bins sampler_max_tries:max_tries distinct_networks "
+        "choice_warmup_steps:warmup_steps choice_widen_steps:widen_steps "
+        "choice_warmup_prefix:warmup_prefix choice_warmup_option:warmup_option",
+    ),
+    **_moved(
+        "supernet",
+        "supernet.panel",
+        "eval_every panel_size:size panel_val_images:val_images "
+        "panel_recalibrate_images:recalibrate_images rank_panel_size:ground_truth_size",
+    ),
+    **_moved("supernet", "ground_truth", "rank_ground_truth:path rank_column:column"),
+    **_moved("supernet", "runtime", "log_every channels_last amp"),
+    "retrain.amp": "runtime.amp",
+}
+"""Old dotted key -> its place in the nested config, for one clear error on old files."""
+
+
+def _moved_error(dotted: str) -> ConfigError:
+    return ConfigError(
+        f"config key {dotted!r} has moved to {MOVED_KEYS[dotted]!r}; update the config file or "
+        "override (README, Configuration)"
+    )
+
+
 # --------------------------------------------------------------------------- conversion
+def _quote(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for error messages about user input."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML that also refuses aliases (an alias bomb expands exponentially) and duplicate
+    keys (a second ``supernet:`` would silently replace the first)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(
+                f"YAML aliases (*name) are not allowed in configs (line {event.start_mark.line + 1}); "
+                "write the value out"
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                raise ConfigError(
+                    f"config key {_quote(key)} (line {key_node.start_mark.line + 1}) must be text"
+                ) from None
+            if duplicate:
+                raise ConfigError(
+                    f"config key {_quote(key)} appears twice in one section (line "
+                    f"{key_node.start_mark.line + 1}); keep one"
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
@@ -421,28 +564,28 @@ def _convert(value: Any, annotation: Any, name: str) -> Any:
                 return _convert(value, option, name)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(f"config field {name!r} has the wrong type: got {value!r}; " + errors[0])
+        raise ConfigError(f"config field {name!r} has the wrong type: got {_quote(value)}; " + errors[0])
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"config field {name!r} must be one of {list(args)}, got {value!r}")
+            raise ConfigError(f"config field {name!r} must be one of {list(args)}, got {_quote(value)}")
         return value
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config field {name!r} must be a list, got {value!r}")
+            raise ConfigError(f"config field {name!r} must be a list, got {_quote(value)}")
         return [_convert(v, args[0], f"{name}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"config field {name!r} must be a mapping, got {value!r}")
+            raise ConfigError(f"config field {name!r} must be a mapping, got {_quote(value)}")
         return {str(k): _convert(v, args[1], f"{name}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(annotation):
         return _from_dict(annotation, value, name)
     if annotation is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"config field {name!r} must be true or false, got {value!r}")
+            raise ConfigError(f"config field {name!r} must be true or false, got {_quote(value)}")
         return value
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config field {name!r} must be an integer, got {value!r}")
+            raise ConfigError(f"config field {name!r} must be an integer, got {_quote(value)}")
         return value
     if annotation is float:
         if isinstance(value, str):  # YAML 1.1 reads 3e8 (no dot, no sign) as a string
@@ -451,11 +594,17 @@ def _convert(value: Any, annotation: Any, name: str) -> Any:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config field {name!r} must be a number, got {value!r}")
-        return float(value)
+            raise ConfigError(f"config field {name!r} must be a number, got {_quote(value)}")
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond float range
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"config field {name!r} must be a finite number, got {_quote(value)}")
+        return number
     if annotation is str:
         if not isinstance(value, str):
-            raise ConfigError(f"config field {name!r} must be a string, got {value!r}")
+            raise ConfigError(f"config field {name!r} must be a string, got {_quote(value)}")
         return value
     raise ConfigError(f"config field {name!r}: unsupported type {_type_name(annotation)}")
 
@@ -464,13 +613,18 @@ def _from_dict(cls: type, data: Any, prefix: str) -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
+        if prefix in MOVED_KEYS:
+            raise _moved_error(prefix)
         where = f"section {prefix!r}" if prefix else "the config file"
-        raise ConfigError(f"{where} must be a mapping of keys to values, got {data!r}")
+        raise ConfigError(f"{where} must be a mapping of keys to values, got {_quote(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
-        dotted = [f"{prefix}.{k}" if prefix else k for k in unknown]
+        dotted = [f"{prefix}.{k}" if prefix else str(k) for k in unknown]
+        for key in dotted:
+            if key in MOVED_KEYS:
+                raise _moved_error(key)
         raise ConfigError(
             f"unknown config key(s) {dotted}; valid keys here: {sorted(fields)}"
         )
@@ -498,7 +652,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise ConfigError(f"override {item!r} must look like key=value (e.g. supernet.lr=0.1)")
         key, text = item.split("=", 1)
         try:
-            value = yaml.safe_load(text) if text.strip() else None
+            value = _yaml_load(text) if text.strip() else None
         except yaml.YAMLError:
             value = text
         node = data
@@ -517,12 +671,25 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"config file {path} is a directory; give a YAML file (see configs/)")
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist; see configs/ for examples")
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+        try:
+            data = _yaml_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+            raise ConfigError(f"config file {path} is not valid YAML: {_quote(str(exc), 300)}") from None
+        if data is None:
+            raise ConfigError(
+                f"config file {path} is empty; give at least one key, or leave out --config to "
+                "use the defaults"
+            )
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return config_from_dict(apply_overrides(data, overrides or []))

@@ -40,8 +40,7 @@ uses the same format with a ``latency_ms`` metric.
 from __future__ import annotations
 
 import itertools
-import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,10 +58,11 @@ __all__ = [
     "COST_FORMAT",
     "METRICS",
     "CostModel",
+    "PathModule",
+    "covering_archs",
     "module_costs",
-    "Constraint",
-    "Constraints",
-    "build_constraints",
+    "table_keys",
+    "trace_path_modules",
 ]
 
 COST_FORMAT = "spos.cost_table"
@@ -163,7 +163,7 @@ def module_costs(module: nn.Module, *inputs: torch.Tensor) -> dict[str, int]:
     }
 
 
-def _combinations(space: SearchSpace, reads: tuple[str, ...]) -> list[Any]:
+def table_keys(space: SearchSpace, reads: tuple[str, ...]) -> list[Any]:
     """Table keys of a layer reading ``reads``: options of one choice, or tuples of several."""
     options = [space.choice(label).options for label in reads]
     if len(reads) == 1:
@@ -180,7 +180,7 @@ def _layer_value(arch: Arch, reads: tuple[str, ...]) -> Any:
     return tuple(arch[label] for label in reads)
 
 
-def _covering_archs(
+def covering_archs(
     space: SearchSpace, reads: Iterable[tuple[str, ...]] | None = None
 ) -> list[Arch]:
     """A few architectures that together run every table entry of every layer.
@@ -192,7 +192,7 @@ def _covering_archs(
     (4 for the block search, 32 for block x width).
     """
     groups = list(dict.fromkeys(r for r in (reads or ((c.label,) for c in space.choices)) if r))
-    missing = {group: _combinations(space, group) for group in groups}
+    missing = {group: table_keys(space, group) for group in groups}
     archs: list[Arch] = []
     while any(missing.values()):
         fixed: dict[str, Value] = {}
@@ -212,6 +212,83 @@ def _covering_archs(
                 missing[group].remove(value)
         archs.append(arch)
     return archs
+
+
+@dataclass(frozen=True)
+class PathModule:
+    """One module of a traced path (see :func:`trace_path_modules`).
+
+    Attributes:
+        position: Its index on the path (a choice may drive several modules, e.g. one
+            NAS-Bench-201 cell repeated in every stage: their costs add up).
+        key: Its layer key (a choice label, or ``"stem"``, ``"head"``, ... for shared ones).
+        reads: The choice labels whose values decide what it computes (empty when shared).
+        value: Its table key: ``None`` for a shared module, the option of the one choice it
+            reads, or the tuple of the options of several.
+        arch: A path that runs it: ``supernet.standalone_path(arch)[position]`` is it.
+        module: The standalone module (the child's shapes) on the ``meta`` device.
+        inputs: Its tensor inputs as captured on the path (``meta`` tensors, batch 1), or
+            ``None`` when the path lists it but never calls it (it does no work).
+    """
+
+    position: int
+    key: str
+    reads: tuple[str, ...]
+    value: Any
+    arch: Arch
+    module: nn.Module
+    inputs: tuple[torch.Tensor, ...] | None
+
+
+def trace_path_modules(space: SearchSpace) -> list[PathModule]:
+    """Every module any path of ``space`` runs, once per table entry, with its inputs.
+
+    The supernet is built on the ``meta`` device and a few covering paths
+    (:func:`covering_archs`, which handles layers reading several choices) run once with
+    forward pre-hooks on their :meth:`~spos.supernet.Supernet.path_modules`, capturing each
+    module's inputs without computing anything. The module returned is the matching one of
+    :meth:`~spos.supernet.Supernet.standalone_path`, so a width-sliced supernet is described
+    at the chosen widths. Cost tables (:meth:`CostModel.from_space`) count these modules and
+    latency tables (:func:`spos.latency.measure_latency_table`) time them.
+
+    Returns:
+        One :class:`PathModule` per ``(position, key, value)``, in the order first seen.
+    """
+    from spos.supernet import build_supernet
+
+    with torch.device("meta"):
+        supernet = build_supernet(space)
+    supernet.eval()
+    sample = torch.zeros((1, *supernet.input_shape), device="meta")
+    first = space.arch([c.options[0] for c in space.choices])
+    reads = {key: supernet.layer_choices(key) for key, _ in supernet.path_modules(first)}
+
+    listed: dict[tuple[int, str, Any], tuple[Arch, nn.Module]] = {}
+    inputs: dict[tuple[int, str, Any], tuple[torch.Tensor, ...]] = {}
+    for arch in covering_archs(space, reads.values()):
+        handles = []
+        # Hooks on the modules the path runs capture inputs; the standalone modules are
+        # what a table describes (the chosen widths of a width-sliced supernet).
+        path = zip(supernet.path_modules(arch), supernet.standalone_path(arch), strict=True)
+        for position, ((key, module), (_, alone)) in enumerate(path):
+            slot = (position, key, _layer_value(arch, reads.get(key, ())))
+            listed.setdefault(slot, (arch, alone))
+
+            def capture(_module: nn.Module, args: tuple, slot=slot) -> None:
+                inputs.setdefault(slot, tuple(a.detach() for a in args if torch.is_tensor(a)))
+
+            handles.append(module.register_forward_pre_hook(capture))
+        try:
+            with torch.no_grad():
+                supernet(sample, arch)
+        finally:
+            for handle in handles:
+                handle.remove()
+    traced = []
+    for slot, (arch, module) in listed.items():
+        position, key, value = slot
+        traced.append(PathModule(position, key, reads.get(key, ()), value, arch, module, inputs.get(slot)))
+    return traced
 
 
 class CostModel:
@@ -278,65 +355,34 @@ class CostModel:
     def from_space(cls, space: SearchSpace) -> CostModel:
         """Measure the tables of ``space``.
 
-        The supernet is built on the ``meta`` device, so no weight is allocated and no
-        convolution runs: shapes flow through the real modules and ``FlopCounterMode`` counts
-        from them (about a second for the ImageNet space).
+        The path modules are traced on the ``meta`` device (:func:`trace_path_modules`), so
+        no weight is allocated and no convolution runs: shapes flow through the real modules
+        and ``FlopCounterMode`` counts from them (about a second for the ImageNet space).
         """
-        from spos.supernet import build_supernet
-
-        with torch.device("meta"):
-            supernet = build_supernet(space)
-        sample = torch.zeros((1, *supernet.input_shape), device="meta")
-        first = space.arch([c.options[0] for c in space.choices])
-        reads = {key: supernet.layer_choices(key) for key, _ in supernet.path_modules(first)}
-
-        # Capture the input of every path module: run a few covering paths with hooks. A slot
-        # is (position on the path, key, option): a choice may drive several modules (e.g. one
-        # NAS-Bench-201 cell repeated 15 times), whose costs add up.
-        inputs: dict[tuple[int, str, Value | None], tuple[nn.Module, tuple[torch.Tensor, ...]]] = {}
-        listed: dict[tuple[int, str, Value | None], nn.Module] = {}
-        supernet.eval()
-        for arch in _covering_archs(space, reads.values()):
-            handles = []
-            # Hooks on the modules the path runs capture inputs; costs are counted on the
-            # standalone modules (the chosen widths of a width-sliced supernet).
-            path = zip(supernet.path_modules(arch), supernet.standalone_path(arch), strict=True)
-            for position, ((key, module), (_, alone)) in enumerate(path):
-                slot = (position, key, _layer_value(arch, reads.get(key, ())))
-                listed.setdefault(slot, alone)
-
-                def capture(_module: nn.Module, args: tuple, slot=slot, module=alone) -> None:
-                    tensors = tuple(a.detach() for a in args if torch.is_tensor(a))
-                    inputs.setdefault(slot, (module, tensors))
-
-                handles.append(module.register_forward_pre_hook(capture))
-            try:
-                with torch.no_grad():
-                    supernet(sample, arch)
-            finally:
-                for handle in handles:
-                    handle.remove()
-
+        traced = trace_path_modules(space)
+        reads = {entry.key: entry.reads for entry in traced}
         order = {label: index for index, label in enumerate(space.labels)}
         keys = sorted(
             (key for key, r in reads.items() if r), key=lambda k: min(order[r] for r in reads[k])
         )
         fixed = dict.fromkeys(METRICS, 0)
-        layers: dict[str, dict[Any, dict[str, int]]] = {key: {} for key, r in reads.items() if r}
-        for slot, listed_module in listed.items():
-            _, key, option = slot
-            if slot in inputs:
-                module, tensors = inputs[slot]
-                costs = module_costs(module, *tensors)
+        layers: dict[str, dict[Any, dict[str, int]]] = {key: {} for key in keys}
+        for entry in traced:
+            if entry.inputs is not None:
+                costs = module_costs(entry.module, *entry.inputs)
             else:  # listed but never called by the path (NAS-Bench-201 'none'): no compute
                 costs = {
                     "flops": 0,
-                    "params": _conv_linear_parameters(listed_module),
-                    "params_total": _total_parameters(listed_module),
+                    "params": _conv_linear_parameters(entry.module),
+                    "params_total": _total_parameters(entry.module),
                     "bitops": 0,
-                    "size_bits": _conv_linear_parameters(listed_module) * FULL_PRECISION_BITS,
+                    "size_bits": _conv_linear_parameters(entry.module) * FULL_PRECISION_BITS,
                 }
-            target = fixed if option is None else layers[key].setdefault(option, dict.fromkeys(METRICS, 0))
+            target = (
+                fixed
+                if entry.value is None
+                else layers[entry.key].setdefault(entry.value, dict.fromkeys(METRICS, 0))
+            )
             for metric in METRICS:
                 target[metric] += costs[metric]
         return cls(
@@ -344,7 +390,7 @@ class CostModel:
             space_version=space.version,
             metrics=METRICS,
             fixed=fixed,
-            layers=[(key, {o: layers[key][o] for o in _combinations(space, reads[key])}) for key in keys],
+            layers=[(key, {o: layers[key][o] for o in table_keys(space, reads[key])}) for key in keys],
             reads=[reads[key] for key in keys],
         )
 
@@ -489,7 +535,7 @@ class CostModel:
         else:
             known = set(space.labels)
             expected = [
-                (label, set(_combinations(space, reads)) if set(reads) <= known else set())
+                (label, set(table_keys(space, reads)) if set(reads) <= known else set())
                 for label, reads in zip(self.labels, self.reads, strict=True)
             ]
             actual = [(label, set(options)) for label, options in self.layers]
@@ -498,109 +544,3 @@ class CostModel:
                 f"cost table of {self.space_name!r} does not cover the space's choices; "
                 "rebuild it with CostModel.from_space"
             )
-
-
-# --------------------------------------------------------------------------- constraints
-@dataclass(frozen=True)
-class Constraint:
-    """``min <= metric(arch) <= max``; either bound may be None (SPEC section 4)."""
-
-    metric: str
-    min: float | None = None
-    max: float | None = None
-
-    def admits(self, value: float) -> bool:
-        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
-
-    def describe(self) -> dict[str, Any]:
-        return {"metric": self.metric, "min": self.min, "max": self.max}
-
-
-class Constraints:
-    """Several hard constraints over cost metrics, checked before a candidate is evaluated.
-
-    Args:
-        constraints: The constraints (all must hold).
-        metrics: ``name -> (arch -> value)`` for every metric that can be reported or bounded.
-    """
-
-    def __init__(
-        self, constraints: Sequence[Constraint], *, metrics: Mapping[str, Callable[[Arch], Number]]
-    ) -> None:
-        self.constraints = tuple(constraints)
-        self.metrics = dict(metrics)
-        for constraint in self.constraints:
-            if constraint.metric not in self.metrics:
-                hint = (
-                    " (give search.latency_table from `spos latency-table`)"
-                    if constraint.metric == "latency"
-                    else ""
-                )
-                raise ConfigError(
-                    f"search.constraints names metric {constraint.metric!r}, but only "
-                    f"{sorted(self.metrics)} are available{hint}"
-                )
-
-    def costs(self, arch: Arch) -> dict[str, Number]:
-        """Every available metric of ``arch``."""
-        return {name: metric(arch) for name, metric in self.metrics.items()}
-
-    def violations(self, arch: Arch) -> list[str]:
-        """Human-readable list of the constraints ``arch`` breaks (empty when feasible)."""
-        broken = []
-        for constraint in self.constraints:
-            value = self.metrics[constraint.metric](arch)
-            if not constraint.admits(value):
-                broken.append(
-                    f"{constraint.metric}={value} outside [{constraint.min}, {constraint.max}]"
-                )
-        return broken
-
-    def is_feasible(self, arch: Arch) -> bool:
-        return all(c.admits(self.metrics[c.metric](arch)) for c in self.constraints)
-
-    def describe(self) -> list[dict[str, Any]]:
-        return [c.describe() for c in self.constraints]
-
-
-def build_constraints(
-    configs: Sequence[Any],
-    *,
-    costs: CostModel,
-    latency_table: str | os.PathLike[str] | None = None,
-    space: SearchSpace | None = None,
-) -> Constraints:
-    """Constraints from config entries (objects with ``metric``, ``min``, ``max``).
-
-    Bounds that no architecture of the space can meet are refused here, with the space's
-    range in the message, instead of letting the search discover it.
-    """
-    metrics: dict[str, Callable[[Arch], Number]] = {
-        name: (lambda arch, name=name: costs.cost(arch, name)) for name in costs.metrics
-    }
-    bounds = {name: costs.bounds(name) for name in costs.metrics}
-    if latency_table is not None:
-        from spos.latency import LatencyTable
-
-        table = LatencyTable.load(latency_table, space=space)
-        metrics["latency"] = table.latency
-    constraints = []
-    for entry in configs:
-        constraint = Constraint(str(entry.metric), entry.min, entry.max)
-        if constraint.metric in bounds:
-            low, high = bounds[constraint.metric]
-            if (
-                (constraint.min is not None and constraint.min > high)
-                or (constraint.max is not None and constraint.max < low)
-                or (
-                    constraint.min is not None
-                    and constraint.max is not None
-                    and constraint.min > constraint.max
-                )
-            ):
-                raise ConfigError(
-                    f"constraint on {constraint.metric} [{constraint.min}, {constraint.max}] admits no "
-                    f"architecture: this space spans {low:,} to {high:,}; widen the bounds"
-                )
-        constraints.append(constraint)
-    return Constraints(constraints, metrics=metrics)

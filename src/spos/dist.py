@@ -29,7 +29,7 @@ from spos.errors import ConfigError
 
 __all__ = ["Runtime", "resolve_device", "AMP_MODES"]
 
-#: Values of the ``supernet.amp`` / ``retrain.amp`` config fields.
+#: Values of the ``runtime.amp`` config field.
 AMP_MODES = ("none", "bf16")
 
 log = logging.getLogger(__name__)

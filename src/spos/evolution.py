@@ -18,7 +18,11 @@ is the same-budget baseline. Both guarantee that
   <spos.space.SearchSpace.canonical>`, so relabelled copies of one network count as duplicates;
 * every redraw loop is capped (``max_tries``), so an infeasible constraint raises
   :class:`~spos.errors.SposError` instead of spinning, and a nearly exhausted space yields a
-  smaller generation with a logged warning;
+  smaller generation with a logged warning. In a space small enough to enumerate
+  (:data:`ENUMERATE_LIMIT`), random proposals that the capped draws cannot find are taken from
+  the enumerated feasible networks, so a constraint that only a handful of architectures meet
+  is still searched, and "infeasible" is only said when no architecture meets it;
+* the population is at most the number of architectures in the space;
 * each generation is scored in one ``score_fn`` call, so a caller can shard it across ranks
   (every rank runs the same strategy with the same seed and therefore proposes the same batch);
 * the search is resumable: :meth:`state_dict` is plain JSON and a run stopped after any
@@ -31,6 +35,7 @@ The module imports no torch (search and its tests run in milliseconds).
 from __future__ import annotations
 
 import abc
+import itertools
 import logging
 import math
 import random
@@ -50,6 +55,7 @@ __all__ = [
     "Evolution",
     "RandomSearch",
     "STRATEGY_NAMES",
+    "ENUMERATE_LIMIT",
     "create_strategy",
     "pareto_front",
 ]
@@ -68,6 +74,10 @@ STRATEGY_NAMES = ("evolution", "random")
 _STATE_VERSION = 1
 #: Draws allowed per wanted candidate when ``max_tries`` is not given.
 _DEFAULT_TRIES_PER_CANDIDATE = 10
+#: Spaces with at most this many architectures are enumerated when random draws fall short.
+ENUMERATE_LIMIT = 200_000
+#: Orders architectures with equal scores (lower first), e.g. their FLOPs.
+TieBreakFn = Callable[[Arch], float]
 
 
 @dataclass(frozen=True)
@@ -164,6 +174,7 @@ class _Search(abc.ABC):
         generations: int,
         max_tries: int | None,
         keep: int,
+        tie_break: TieBreakFn | None = None,
     ) -> None:
         if not isinstance(rng, random.Random):
             raise TypeError("rng must be a random.Random (make one with spos.make_rng)")
@@ -171,6 +182,15 @@ class _Search(abc.ABC):
         _check_positive("generations", generations)
         if max_tries is not None:
             _check_positive("max_tries", max_tries)
+        if population_size > space.size():
+            logger.warning(
+                "population_size %d exceeds the %d architectures of space %r; using %d",
+                population_size,
+                space.size(),
+                space.name,
+                space.size(),
+            )
+            population_size = space.size()
         self.space = space
         self.score_fn = score_fn
         self.is_feasible = is_feasible if is_feasible is not None else _always_feasible
@@ -179,6 +199,8 @@ class _Search(abc.ABC):
         self.generations = int(generations)
         self.max_tries = None if max_tries is None else int(max_tries)
         self._keep = int(keep)
+        self.tie_break = tie_break
+        self._feasible_pool: list[Arch] | None = None  # enumerated on first need
         self._generation = 0
         self._scores: dict[str, float] = {}
         self._archs: dict[str, Arch] = {}
@@ -213,7 +235,11 @@ class _Search(abc.ABC):
 
     @property
     def best(self) -> tuple[Arch, float]:
-        """The best architecture evaluated so far and its score (earliest wins ties)."""
+        """The best architecture evaluated so far and its score.
+
+        Ties go to the lowest ``tie_break`` value when one is given (e.g. the cheaper
+        architecture), then to the earliest evaluated.
+        """
         if not self._top_keys:
             raise RuntimeError("no architecture has been evaluated yet; call step() first")
         key = self._top_keys[0]
@@ -239,11 +265,17 @@ class _Search(abc.ABC):
         batch: list[_Candidate] = []
         proposals = self._propose(batch, seen)
         if not batch and self._generation == 0:
+            if self._enumerable:
+                raise SposError(
+                    f"no architecture of space {self.space.name!r} satisfies the constraints "
+                    f"(all {self.space.size()} checked); loosen them"
+                )
             raise SposError(
                 f"{self.name} search found no feasible architecture in {proposals} random "
                 f"draws from space {self.space.name!r} ({self.space.size()} architectures): "
-                "the constraint seems infeasible; loosen it (e.g. raise the FLOPs/latency "
-                "limit) or raise max_tries"
+                "the constraints admit few or no architectures; loosen them, or raise "
+                f"max_tries (search.max_tries, now {self._cap(self.population_size)}) to "
+                "draw longer"
             )
         if len(batch) < self.population_size:
             logger.warning(
@@ -393,18 +425,19 @@ class _Search(abc.ABC):
         wanted: int,
         batch: list[_Candidate],
         seen: set[str],
+        enumerate_rest: bool = False,
     ) -> int:
         """Add up to ``wanted`` new feasible candidates from ``make``; return draws used.
 
         A candidate whose key is in ``seen`` (already evaluated, already in this batch, or
         already found infeasible) is discarded and redrawn; the number of draws is capped at
-        ``max_tries`` (default: 10 per wanted candidate).
+        ``max_tries`` (default: 10 per wanted candidate). With ``enumerate_rest`` (random
+        proposals) a shortfall in an enumerable space is filled from the feasible networks
+        not yet seen, drawn uniformly.
         """
         if wanted <= 0:
             return 0
-        cap = (
-            self.max_tries if self.max_tries is not None else _DEFAULT_TRIES_PER_CANDIDATE * wanted
-        )
+        cap = self._cap(wanted)
         found = 0
         draws = 0
         while found < wanted and draws < cap:
@@ -421,7 +454,30 @@ class _Search(abc.ABC):
                 continue
             batch.append(candidate)
             found += 1
+        if found < wanted and enumerate_rest and self._enumerable:
+            rest = [arch for arch in self._feasible() if arch.key not in seen]
+            for arch in self.rng.sample(rest, min(wanted - found, len(rest))):
+                seen.add(arch.key)
+                batch.append(_Candidate(arch, "random", ()))
         return draws
+
+    def _cap(self, wanted: int) -> int:
+        return self.max_tries if self.max_tries is not None else _DEFAULT_TRIES_PER_CANDIDATE * wanted
+
+    @property
+    def _enumerable(self) -> bool:
+        return self.space.size() <= ENUMERATE_LIMIT
+
+    def _feasible(self) -> list[Arch]:
+        """Every feasible network of the (small) space, one per canonical form, in a fixed order."""
+        if self._feasible_pool is None:
+            pool: dict[str, Arch] = {}
+            for values in itertools.product(*(choice.options for choice in self.space.choices)):
+                arch = self.space.canonical(self.space.arch(list(values)))
+                if arch.key not in pool and self.is_feasible(arch):
+                    pool[arch.key] = arch
+            self._feasible_pool = list(pool.values())
+        return self._feasible_pool
 
     def _random_candidate(self) -> _Candidate:
         return _Candidate(self.space.sample(self.rng), "random", ())
@@ -461,9 +517,13 @@ class _Search(abc.ABC):
                     "parents": list(candidate.parents),
                 }
             )
-        # Stable sort: equal scores keep evaluation order, so ties go to the earliest.
+        # Stable sort: equal scores (and tie-break values) keep evaluation order.
         merged = self._top_keys + [c.arch.key for c in batch]
-        self._top_keys = sorted(merged, key=lambda key: -self._scores[key])[: self._keep]
+        self._top_keys = sorted(merged, key=self._rank_key)[: self._keep]
+
+    def _rank_key(self, key: str) -> tuple[float, float]:
+        tie = self.tie_break(self._archs[key]) if self.tie_break is not None else 0.0
+        return (-self._scores[key], tie)
 
 
 def _check_positive(field_name: str, value: int) -> None:
@@ -495,6 +555,8 @@ class Evolution(_Search):
         crossover_count: Crossovers per generation.
         max_tries: Cap on draws in each proposal phase of a generation (random, mutation,
             crossover, random fill); ``None`` means 10 per wanted candidate.
+        tie_break: Orders architectures of equal score, lower first (e.g. their FLOPs);
+            ``None`` keeps the earliest evaluated first.
 
     Raises:
         ConfigError: A setting is out of range.
@@ -516,6 +578,7 @@ class Evolution(_Search):
         mutation_prob: float = 0.1,
         crossover_count: int = 25,
         max_tries: int | None = None,
+        tie_break: TieBreakFn | None = None,
     ) -> None:
         _check_positive("top_k", top_k)
         for field_name, value in (
@@ -541,6 +604,7 @@ class Evolution(_Search):
             generations=generations,
             max_tries=max_tries,
             keep=top_k,
+            tie_break=tie_break,
         )
         self.top_k = int(top_k)
         self.mutation_count = int(mutation_count)
@@ -559,7 +623,7 @@ class Evolution(_Search):
     def _propose(self, batch: list[_Candidate], seen: set[str]) -> int:
         if self._generation == 0:
             return self._draw(
-                self._random_candidate, wanted=self.population_size, batch=batch, seen=seen
+                self._random_candidate, wanted=self.population_size, batch=batch, seen=seen, enumerate_rest=True
             )
         parents = [self._archs[key] for key in self._top_keys]
 
@@ -583,6 +647,7 @@ class Evolution(_Search):
             wanted=self.population_size - len(batch),
             batch=batch,
             seen=seen,
+            enumerate_rest=True,
         )
         return draws
 
@@ -621,6 +686,7 @@ class RandomSearch(_Search):
         generations: int = 20,
         top_k: int = 10,
         max_tries: int | None = None,
+        tie_break: TieBreakFn | None = None,
     ) -> None:
         _check_positive("top_k", top_k)
         super().__init__(
@@ -632,6 +698,7 @@ class RandomSearch(_Search):
             generations=generations,
             max_tries=max_tries,
             keep=top_k,
+            tie_break=tie_break,
         )
         self.top_k = int(top_k)
 
@@ -640,7 +707,7 @@ class RandomSearch(_Search):
 
     def _propose(self, batch: list[_Candidate], seen: set[str]) -> int:
         return self._draw(
-            self._random_candidate, wanted=self.population_size, batch=batch, seen=seen
+            self._random_candidate, wanted=self.population_size, batch=batch, seen=seen, enumerate_rest=True
         )
 
 
@@ -658,6 +725,7 @@ def create_strategy(
     mutation_prob: float = 0.1,
     crossover_count: int = 25,
     max_tries: int | None = None,
+    tie_break: TieBreakFn | None = None,
 ) -> SearchStrategy:
     """Create the search strategy ``name`` (``"evolution"`` or ``"random"``).
 
@@ -681,6 +749,7 @@ def create_strategy(
             mutation_prob=mutation_prob,
             crossover_count=crossover_count,
             max_tries=max_tries,
+            tie_break=tie_break,
         )
     if name == "random":
         return RandomSearch(
@@ -692,6 +761,7 @@ def create_strategy(
             generations=generations,
             top_k=top_k,
             max_tries=max_tries,
+            tie_break=tie_break,
         )
     raise ConfigError(f"unknown search.strategy {name!r}; choose one of {list(STRATEGY_NAMES)}")
 

@@ -75,6 +75,7 @@ class GroundTruth:
                 f"ground-truth file {path} has no column {column!r}; its columns are {header}"
             )
         archs, values, groups = [], [], []
+        first_line: dict[str, tuple[int, float]] = {}  # arch key -> (line, value) of its first row
         for line, row in enumerate(rows, start=2):
             try:
                 arch = space.parse(row[arch_column])
@@ -83,6 +84,15 @@ class GroundTruth:
                 raise DataError(f"{path}, line {line}: {exc}") from None
             if not math.isfinite(value):
                 raise DataError(f"{path}, line {line}: {column} is {row[column]!r}, not a number")
+            if arch.key in first_line:
+                earlier, earlier_value = first_line[arch.key]
+                if earlier_value != value:
+                    raise DataError(
+                        f"{path}, lines {earlier} and {line} give the same architecture two "
+                        f"different values of {column} ({earlier_value:g} and {value:g}); keep one"
+                    )
+                continue  # an exact repeat adds nothing
+            first_line[arch.key] = (line, value)
             archs.append(arch)
             values.append(value)
             groups.append(str(row[_GROUP_COLUMN]) if row.get(_GROUP_COLUMN) not in (None, "") else arch.key)

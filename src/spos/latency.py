@@ -44,14 +44,15 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from spos.arch import Arch, Value
-from spos.cost import COST_FORMAT, CostModel
+from spos.arch import Arch
+from spos.cost import COST_FORMAT, CostModel, PathModule, table_keys, trace_path_modules
 from spos.errors import ConfigError
 from spos.io import atomic_write_text
 from spos.space import SearchSpace, make_rng
 from spos.stats import kendall_tau, spearman_rho
 
 __all__ = [
+    "CONSTRAINT_METRIC",
     "LATENCY_METRIC",
     "LatencyTable",
     "describe_device",
@@ -62,6 +63,8 @@ __all__ = [
 
 #: The metric name of a latency table in the cost-table format (milliseconds per batch).
 LATENCY_METRIC = "latency_ms"
+#: The name search constraints give it (``search.constraints=[{metric: latency, ...}]``).
+CONSTRAINT_METRIC = "latency"
 
 _FIX_HINT = "measure a new one with spos.latency.measure_latency_table (`spos latency-table`)"
 
@@ -78,7 +81,10 @@ class LatencyTable:
         space_version: Version of that space.
         fixed_ms: Latency every path pays (stem, head and the end-to-end residual), in
             milliseconds.
-        layers: ``(label, {option: milliseconds})`` for every choice, in the space's order.
+        layers: ``(label, {option: milliseconds})`` for every choice, in the space's order;
+            for a layer reading several choices, ``(key, {(value, ...): milliseconds})``.
+        reads: The choice labels each layer reads (as for :class:`spos.cost.CostModel`);
+            ``None`` means every layer reads the choice it is labelled with.
         layout: The space layout the table was measured for (input size, channels); a table
             is refused for a space with another layout. ``None`` skips that check.
         metadata: How the table was measured (device, batch size, threads, ...).
@@ -90,7 +96,8 @@ class LatencyTable:
         space_name: str,
         space_version: int,
         fixed_ms: float,
-        layers: Sequence[tuple[str, Mapping[Value, float]]],
+        layers: Sequence[tuple[str, Mapping[Any, float]]],
+        reads: Sequence[Sequence[str]] | None = None,
         layout: Mapping[str, Any] | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
@@ -104,6 +111,7 @@ class LatencyTable:
                 (label, {option: {LATENCY_METRIC: float(ms)} for option, ms in options.items()})
                 for label, options in layers
             ],
+            reads=reads,
         )
         self.layout = None if layout is None else copy.deepcopy(dict(layout))
         self.metadata = dict(metadata or {})
@@ -123,15 +131,21 @@ class LatencyTable:
         return float(self._costs.fixed[LATENCY_METRIC])
 
     @property
-    def layers(self) -> tuple[tuple[str, dict[Value, float]], ...]:
-        """``(label, {option: milliseconds})`` for every choice, in the space's order."""
+    def reads(self) -> tuple[tuple[str, ...], ...]:
+        """The choice labels each layer of :attr:`layers` reads."""
+        return self._costs.reads
+
+    @property
+    def layers(self) -> tuple[tuple[str, dict[Any, float]], ...]:
+        """``(key, {option or tuple of options: milliseconds})`` per layer, in the space's order."""
         return tuple(
             (label, {option: float(costs[LATENCY_METRIC]) for option, costs in options.items()})
             for label, options in self._costs.layers
         )
 
-    def entry(self, label: str, option: Value) -> float:
-        """Latency of option ``option`` of choice ``label``, in milliseconds.
+    def entry(self, label: str, option: Any) -> float:
+        """Latency of option ``option`` of layer ``label``, in milliseconds (a tuple of
+        options for a layer reading several choices, in the order of its :attr:`reads`).
 
         Raises:
             KeyError: If the table has no such entry.
@@ -151,10 +165,26 @@ class LatencyTable:
 
     __call__ = latency
 
-    def bounds(self) -> tuple[float, float]:
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The constraint metric this table provides (see :mod:`spos.constraints`)."""
+        return (CONSTRAINT_METRIC,)
+
+    def cost(self, arch: Arch, metric: str = CONSTRAINT_METRIC) -> float:
+        """``latency(arch)`` as a table of :mod:`spos.constraints` (``metric="latency"``)."""
+        self._check_metric(metric)
+        return self.latency(arch)
+
+    def bounds(self, metric: str = CONSTRAINT_METRIC) -> tuple[float, float]:
         """Smallest and largest predicted latency of any architecture of the space (ms)."""
+        self._check_metric(metric)
         low, high = self._costs.bounds(LATENCY_METRIC)
         return float(low), float(high)
+
+    @staticmethod
+    def _check_metric(metric: str) -> None:
+        if metric not in (CONSTRAINT_METRIC, LATENCY_METRIC):
+            raise ConfigError(f"a latency table provides {CONSTRAINT_METRIC!r}, not {metric!r}")
 
     # ----------------------------------------------------------------- checks
     def check_space(self, space: SearchSpace, *, source: str = "latency table") -> None:
@@ -168,13 +198,13 @@ class LatencyTable:
                 f"{source} is for space {self.space_name!r} v{self.space_version}, not "
                 f"{space.name!r} v{space.version}; {_FIX_HINT} for this space"
             )
-        expected = [(c.label, set(c.options)) for c in space.choices]
-        actual = [(label, set(options)) for label, options in self._costs.layers]
-        if expected != actual:
+        try:
+            self._costs.check_space(space)
+        except ConfigError:
             raise ConfigError(
                 f"{source} for {self.space_name!r} does not cover the space's choices "
                 f"(labels or options differ); {_FIX_HINT}"
-            )
+            ) from None
         wanted = space.to_dict()["layout"]
         if self.layout is not None and self.layout != wanted:
             differing = sorted(
@@ -232,6 +262,7 @@ class LatencyTable:
                 space_version=costs.space_version,
                 fixed_ms=costs.fixed[LATENCY_METRIC],
                 layers=layers,
+                reads=costs.reads,
                 layout=data.get("layout"),
                 metadata=data.get("measurement") or {},
             )
@@ -354,15 +385,6 @@ def time_interleaved(
     return [statistics.median(values) for values in samples]
 
 
-def _covering_archs(space: SearchSpace) -> list[Arch]:
-    """A few architectures that together use every option of every choice."""
-    width = max(len(choice.options) for choice in space.choices)
-    return [
-        space.arch([choice.options[i % len(choice.options)] for choice in space.choices])
-        for i in range(width)
-    ]
-
-
 def _standalone_copy(module: nn.Module) -> nn.Module:
     """A copy of a supernet module as the child network has it: every BatchNorm affine.
 
@@ -438,12 +460,16 @@ def measure_latency_table(
 ) -> LatencyTable:
     """Measure the latency of every ``(layer, option)`` of ``space`` on ``device``.
 
-    A few covering paths run once through a supernet on the ``meta`` device with forward
-    pre-hooks, capturing the input shape of every path module (every candidate of every
-    choice, plus the shared ``stem`` and ``head``) without computing anything. The same
-    modules of a supernet built on the CPU are then copied to ``device`` in eval mode, their
-    BatchNorm made affine as in the standalone child network, and timed alone on a random input of that shape with the batch dimension set to
-    ``batch_size`` (the supernet itself never moves to ``device``).
+    :func:`spos.cost.trace_path_modules` runs a few covering paths through a supernet on the
+    ``meta`` device, capturing the inputs of every path module (every candidate of every
+    choice, plus the shared parts such as ``stem`` and ``head``) without computing anything.
+    The same standalone modules of a supernet built on the CPU are then copied to ``device``
+    in eval mode, their BatchNorm made affine as in the child network, and timed alone on
+    random inputs of those shapes with the batch dimension set to ``batch_size`` (the
+    supernet itself never moves to ``device``). A layer reading several choices (a block's
+    type and its width, a conv's bit widths and its block's width) gets one entry per
+    combination of their values, as in :class:`spos.cost.CostModel`; a module the path lists
+    but never calls (NAS-Bench-201's ``none`` edge) does no work and costs 0 ms.
 
     Args:
         space: The search space.
@@ -467,73 +493,20 @@ def measure_latency_table(
     Raises:
         ConfigError: For non-positive counts or an invalid space layout.
     """
-    from spos.supernet import build_supernet
-
     _check_counts(repeats=repeats, warmup=warmup, batch_size=batch_size)
     device = torch.device(device)
-    labels = set(space.labels)
-    # Shapes flow through a supernet on the meta device (no weights, no compute); the modules
-    # that are timed come from a real one on the CPU, initialised as the family initialises.
-    with torch.device("meta"):
-        shape_supernet = build_supernet(space).eval()
-    supernet = build_supernet(space).eval()
-    multi = sorted(
-        {key for arch in _covering_archs(space) for key, _ in supernet.path_modules(arch) if len(supernet.layer_choices(key)) > 1}
-    )
-    if multi:
-        raise ConfigError(
-            f"space {space.name!r}: layers such as {multi[:3]} depend on several choices at once (a "
-            "block's type or bit widths and its width); a latency table holds one number per "
-            "(layer, option), so it cannot describe this space yet. Constrain flops, params or "
-            "bitops instead"
-        )
-    sample = torch.zeros((1, *supernet.input_shape), device="meta")
-
-    # Input shape of every path module, keyed by (layer key, option or None for shared parts).
-    shapes: dict[tuple[str, Value | None], tuple[int, ...]] = {}
-    modules: dict[tuple[str, Value | None], nn.Module] = {}
-    for arch in _covering_archs(space):
-        handles = []
-        for key, module in shape_supernet.path_modules(arch):
-            slot = (key, arch[key] if key in labels else None)
-
-            def capture(_module: nn.Module, args: tuple, slot=slot) -> None:
-                tensors = [a for a in args if torch.is_tensor(a)]
-                if len(tensors) != 1:
-                    raise ConfigError(
-                        f"path module {slot[0]!r} takes {len(tensors)} tensor inputs; latency "
-                        "tables need single-input path modules"
-                    )
-                shapes.setdefault(slot, tuple(tensors[0].shape))
-
-            handles.append(module.register_forward_pre_hook(capture))
-        try:
-            with torch.inference_mode():
-                shape_supernet(sample, arch)
-        finally:
-            for handle in handles:
-                handle.remove()
-        for key, module in supernet.path_modules(arch):
-            modules.setdefault((key, arch[key] if key in labels else None), module)
-
-    slots = list(shapes)
+    traced = trace_path_modules(space)
+    timed = [entry for entry in traced if entry.inputs is not None]
     generator = torch.Generator().manual_seed(0)
-    calls = []
-    for slot in slots:
-        module, shape = modules[slot], shapes[slot]
-        module = _prepare_module(_standalone_copy(module), device=device, channels_last=channels_last)
-        inputs = _prepare_input(
-            shape, batch_size=batch_size, device=device, channels_last=channels_last, generator=generator
-        )
-        calls.append(lambda module=module, inputs=inputs: module(inputs))
-    del supernet, shape_supernet, modules
-    covering = _covering_archs(space) if end_to_end_correction else []
+    calls = _part_calls(space, timed, device=device, batch_size=batch_size, channels_last=channels_last, generator=generator)
+    covering = list(dict.fromkeys(entry.arch for entry in traced)) if end_to_end_correction else []
+    input_shape = (1, *_input_shape(space))
     if covering:
         # The standalone networks of the covering paths, timed in the same rounds as the parts.
         from spos.childnet import build_child
 
         network_input = _prepare_input(
-            sample.shape, batch_size=batch_size, device=device, channels_last=channels_last, generator=generator
+            input_shape, batch_size=batch_size, device=device, channels_last=channels_last, generator=generator
         )
         for arch in covering:
             child = _prepare_module(build_child(space, arch), device=device, channels_last=channels_last)
@@ -541,46 +514,106 @@ def measure_latency_table(
 
     with _num_threads(threads) as used_threads:
         medians = time_interleaved(calls, device=device, repeats=repeats, warmup=warmup)
-    parts, networks = medians[: len(slots)], medians[len(slots) :]
-    fixed_ms = 0.0
-    layers: dict[str, dict[Value, float]] = {label: {} for label in space.labels}
-    for (key, option), milliseconds in zip(slots, parts, strict=True):
-        if option is None:
-            fixed_ms += milliseconds
-        else:
-            layers[key][option] = milliseconds
+    milliseconds = {id(entry): 0.0 for entry in traced}  # never called: no work
+    milliseconds.update((id(entry), ms) for entry, ms in zip(timed, medians[: len(timed)], strict=True))
+    parts_only = _table_from_parts(space, traced, milliseconds)
+    fixed_ms = parts_only.fixed_ms
     residual_ms = 0.0
     if covering:
         # What a whole network costs beyond the sum of its parts (dispatch between layers,
         # allocator, caches), measured on the covering paths: a constant, so it joins the
-        # fixed part and lookups stay "fixed + one entry per choice".
-        predicted = [
-            fixed_ms + sum(layers[label][value] for label, value in arch.items()) for arch in covering
-        ]
+        # fixed part and lookups stay "fixed + one entry per layer".
+        networks = medians[len(timed) :]
+        predicted = [parts_only.latency(arch) for arch in covering]
         residual_ms = statistics.fmean(m - p for m, p in zip(networks, predicted, strict=True))
         residual_ms = max(residual_ms, -fixed_ms)  # a latency is never negative
+    metadata = {
+        **_measurement_metadata(
+            device=device,
+            batch_size=batch_size,
+            threads=used_threads,
+            repeats=repeats,
+            warmup=warmup,
+            channels_last=channels_last,
+        ),
+        "fixed_parts": sorted({entry.key for entry in traced if entry.value is None})
+        + (["end_to_end_residual"] if covering else []),
+        "fixed_parts_ms": fixed_ms,
+        "end_to_end_residual_ms": residual_ms if covering else None,
+        "input_shape": list(input_shape[1:]),
+    }
+    return _table_from_parts(space, traced, milliseconds, residual_ms=residual_ms, metadata=metadata)
+
+
+def _table_from_parts(
+    space: SearchSpace,
+    traced: Sequence[PathModule],
+    milliseconds: Mapping[int, float],
+    *,
+    residual_ms: float = 0.0,
+    metadata: Mapping[str, Any] | None = None,
+) -> LatencyTable:
+    """The table of the timed parts (``milliseconds`` by ``id`` of the traced module).
+
+    Shared modules add up to the fixed part (plus ``residual_ms``); the modules of one layer
+    key and table key add up to its entry (a choice may drive several modules, e.g. one
+    NAS-Bench-201 cell in every stage).
+    """
+    fixed_ms = 0.0
+    layers: dict[str, dict[Any, float]] = {}
+    reads: dict[str, tuple[str, ...]] = {}
+    for entry in traced:
+        if entry.value is None:
+            fixed_ms += milliseconds[id(entry)]
+        else:
+            reads[entry.key] = entry.reads
+            options = layers.setdefault(entry.key, {})
+            options[entry.value] = options.get(entry.value, 0.0) + milliseconds[id(entry)]
+    keys = sorted(layers, key=lambda key: min(space.labels.index(label) for label in reads[key]))
     return LatencyTable(
         space_name=space.name,
         space_version=space.version,
         fixed_ms=fixed_ms + residual_ms,
-        layers=[(c.label, {o: layers[c.label][o] for o in c.options}) for c in space.choices],
+        layers=[(key, {o: layers[key][o] for o in table_keys(space, reads[key])}) for key in keys],
+        reads=[reads[key] for key in keys],
         layout=space.to_dict()["layout"],
-        metadata={
-            **_measurement_metadata(
-                device=device,
-                batch_size=batch_size,
-                threads=used_threads,
-                repeats=repeats,
-                warmup=warmup,
-                channels_last=channels_last,
-            ),
-            "fixed_parts": sorted(key for key, option in slots if option is None)
-            + (["end_to_end_residual"] if covering else []),
-            "fixed_parts_ms": fixed_ms,
-            "end_to_end_residual_ms": residual_ms if covering else None,
-            "input_shape": list(sample.shape[1:]),
-        },
+        metadata=metadata,
     )
+
+
+def _part_calls(
+    space: SearchSpace,
+    traced: Sequence[PathModule],
+    *,
+    device: torch.device,
+    batch_size: int,
+    channels_last: bool,
+    generator: torch.Generator,
+) -> list[Callable[[], object]]:
+    """One call per traced module: its standalone copy from a CPU supernet, on ``device``.
+
+    The modules come from a real supernet initialised as the family initialises (the traced
+    ones live on the ``meta`` device); their inputs are random, of the traced shapes.
+    """
+    from spos.supernet import build_supernet
+
+    supernet = build_supernet(space).eval()
+    paths: dict[Arch, list[tuple[str, nn.Module]]] = {}
+    calls: list[Callable[[], object]] = []
+    for entry in traced:
+        if entry.arch not in paths:
+            paths[entry.arch] = supernet.standalone_path(entry.arch)
+        key, module = paths[entry.arch][entry.position]
+        assert key == entry.key
+        module = _prepare_module(_standalone_copy(module), device=device, channels_last=channels_last)
+        inputs = tuple(
+            _prepare_input(
+                tensor.shape, batch_size=batch_size, device=device, channels_last=channels_last, generator=generator
+            )
+            for tensor in entry.inputs or ()
+        )
+        calls.append(lambda module=module, inputs=inputs: module(*inputs))
+    return calls
 
 
 # --------------------------------------------------------------------------- validation

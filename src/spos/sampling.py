@@ -88,7 +88,7 @@ class ChoiceSchedule:
         restricted = [c for c in space.choices if c.label.startswith(prefix)]
         if not restricted:
             raise ConfigError(
-                f"supernet.choice_warmup_prefix {prefix!r} matches no choice of space "
+                f"supernet.sampler.warmup_prefix {prefix!r} matches no choice of space "
                 f"{space.name!r} (labels: {list(space.labels)[:4]}...); set it to the label "
                 "prefix of the choices to warm up, or disable the warm-up"
             )
@@ -96,7 +96,7 @@ class ChoiceSchedule:
         for choice in restricted:
             if anchor not in choice.options:
                 raise ConfigError(
-                    f"supernet.choice_warmup_option {anchor!r} is not an option of "
+                    f"supernet.sampler.warmup_option {anchor!r} is not an option of "
                     f"{choice.label!r} (options {list(choice.options)})"
                 )
             start = choice.options.index(anchor)

@@ -1,4 +1,4 @@
-"""Scoring an architecture with inherited supernet weights (SPEC section 4).
+"""The evaluator: scoring an architecture with inherited supernet weights (SPEC section 4).
 
 ``score = top-1 on the fixed validation split after BN recalibration`` (or, with
 ``metric="loss"``, minus the mean validation cross-entropy: a finer-grained score when the
@@ -6,34 +6,45 @@ validation set is small, since accuracy moves in steps of one image). The recali
 validation batches are prepared once (decoded, normalised, on the device, channels_last) and
 reused for every candidate, so each candidate costs exactly its forwards. The supernet's own
 BN buffers are restored afterwards, so scoring never changes the supernet.
+
+This module owns the whole evaluator: :class:`ArchScorer` (one architecture),
+:func:`build_scorer` (its fixed batches), :class:`ScoringSession` (a trained supernet with the
+``search`` section's budgets), :func:`score_sharded` (many architectures split across ranks)
+and :class:`CachedScorer` (each architecture scored once, in memory or in a resumable
+JSON-lines file). Search, rank and the supernet stage's panel all score through it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import dataclasses
+import functools
+import json
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from spos import data as spos_data
 from spos.arch import Arch
 from spos.calibrate import recalibrate_bn
+from spos.space import SearchSpace, seed_from
+from spos.train import evaluate as evaluate_model
 
-__all__ = ["ArchScorer", "top1_accuracy"]
+if TYPE_CHECKING:
+    from spos.config import RunConfig
+    from spos.data.prepare import PreparedData
+    from spos.dist import Runtime
+    from spos.supernet import Supernet
 
-
-@torch.no_grad()
-def top1_accuracy(
-    model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, arch: Arch | None = None
-) -> tuple[int, int]:
-    """(correct, total) of ``model`` (or ``model(x, arch)``) in eval mode over ``batches``."""
-    was_training = model.training
-    model.eval()
-    correct = total = 0
-    for images, labels in batches:
-        logits = model(images) if arch is None else model(images, arch)
-        correct += int((logits.argmax(dim=1) == labels).sum())
-        total += int(labels.numel())
-    model.train(was_training)
-    return correct, total
+__all__ = [
+    "ArchScorer",
+    "CachedScorer",
+    "ScoringSession",
+    "build_scorer",
+    "score_sharded",
+]
 
 
 def _as_sequence(
@@ -77,7 +88,9 @@ class ArchScorer:
         )
 
     def evaluate(self, arch: Arch) -> tuple[int, int]:
-        return top1_accuracy(self.supernet, self.val_batches, arch=arch)
+        """(correct, total) of ``arch`` on the validation batches (current BN buffers)."""
+        accuracy = evaluate_model(self.supernet, self.val_batches, arch=arch)
+        return accuracy.correct, accuracy.images
 
     @torch.no_grad()
     def mean_loss(self, arch: Arch) -> float:
@@ -114,3 +127,222 @@ class ArchScorer:
 
     def score_many(self, archs: Sequence[Arch]) -> list[float]:
         return [self.score(arch) for arch in archs]
+
+
+class _NormalisedBatches(Sequence):
+    """uint8 batches held on the host, normalised and moved to the device when read."""
+
+    def __init__(
+        self,
+        batches: list[tuple[torch.Tensor, torch.Tensor]],
+        data: PreparedData,
+        runtime: Runtime,
+        *,
+        channels_last: bool,
+    ) -> None:
+        pin = runtime.device.type == "cuda"
+        self.batches = [(i.pin_memory() if pin else i, labels) for i, labels in batches]
+        self.data, self.runtime, self.channels_last = data, runtime, channels_last
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore
+        images, labels = self.batches[index]
+        inputs = self.data.to_float(images, self.runtime, channels_last=self.channels_last)
+        return inputs, labels.to(self.runtime.device)
+
+
+def build_scorer(
+    supernet: Supernet,
+    data: PreparedData,
+    runtime: Runtime,
+    *,
+    seed: int,
+    recalibrate_images: int,
+    val_images: int | None,
+    batch_size: int,
+    channels_last: bool,
+    metric: str = "accuracy",
+) -> ArchScorer:
+    """A scorer with fixed recalibration images (seeded from train) and validation images."""
+    generator = torch.Generator().manual_seed(seed_from(seed, "recalibration-images"))
+    count = min(recalibrate_images, len(data.train))
+    recal = data.train.subset(torch.randperm(len(data.train), generator=generator)[:count])
+    val = data.val if val_images is None else data.val.subset(torch.arange(min(val_images, len(data.val))))
+
+    def prepared(dataset: Any) -> Sequence[tuple[torch.Tensor, torch.Tensor]]:
+        if not isinstance(dataset, spos_data.ArrayDataset):
+            # Read from disk: decode once, keep uint8 on the host (4x smaller than float; ImageNet's
+            # 20k + 50k images take 10.5 GB), normalise on the device per use.
+            batches = spos_data.iterate_batches(dataset, batch_size=batch_size, size=data.image_size)
+            return _NormalisedBatches(list(batches), data, runtime, channels_last=channels_last)
+        return [
+            (data.to_float(images, runtime, channels_last=channels_last), labels.to(runtime.device))
+            for images, labels in spos_data.iterate_batches(dataset, batch_size=batch_size)
+        ]
+
+    return ArchScorer(
+        supernet, recalibrate_batches=prepared(recal), val_batches=prepared(val), metric=metric
+    )
+
+
+@dataclasses.dataclass
+class ScoringSession:
+    """A trained supernet made ready to score paths as search does.
+
+    The supernet is in eval mode on the device and ``fingerprint`` is the hash of its weights
+    (``spos.stages.common.open_for_scoring`` opens one from a checkpoint). ``scorer`` uses the
+    ``search`` section's recalibration/validation images and score metric; :meth:`scorer_with`
+    builds another one on the same supernet and data with other budgets (the final re-scoring
+    of search's top candidates).
+    """
+
+    space: SearchSpace
+    supernet: Supernet
+    fingerprint: str
+    config: RunConfig
+    data: PreparedData
+    runtime: Runtime
+
+    @functools.cached_property
+    def scorer(self) -> ArchScorer:
+        cfg = self.config.search
+        return self.scorer_with(recalibrate_images=cfg.recalibrate_images, val_images=cfg.val_images)
+
+    def scorer_with(self, *, recalibrate_images: int, val_images: int | None) -> ArchScorer:
+        return build_scorer(
+            self.supernet,
+            self.data,
+            self.runtime,
+            seed=self.config.seed,
+            recalibrate_images=recalibrate_images,
+            val_images=val_images,
+            batch_size=self.config.search.batch_size,
+            channels_last=self.config.runtime.channels_last,
+            metric=self.config.search.score,
+        )
+
+
+def _arch_key(arch: Arch) -> str:
+    return arch.key
+
+
+def score_sharded(
+    archs: Sequence[Arch],
+    score: Callable[[Arch], float],
+    runtime: Runtime,
+    *,
+    on_score: Callable[[Arch, float], None] | None = None,
+    key: Callable[[Arch], str] = _arch_key,
+) -> dict[str, float]:
+    """Score ``archs`` split across ranks (rank r takes every world_size-th); gather on all.
+
+    Returns ``{key(arch): score}``; ``on_score`` is called on each rank for its own share.
+    """
+    mine: dict[str, float] = {}
+    for arch in list(archs)[runtime.rank :: runtime.world_size]:
+        mine[key(arch)] = value = score(arch)
+        if on_score is not None:
+            on_score(arch, value)
+    gathered: dict[str, float] = {}
+    for shard in runtime.all_gather_objects(mine):
+        gathered.update(shard)
+    return gathered
+
+
+class CachedScorer:
+    """Scores each architecture once: ``score_fn`` for the new ones, the cache for the rest.
+
+    In memory by default (search: the strategy and its random baseline share one cache, as do
+    the final re-scorings). With ``store``, every score is also appended to a JSON-lines file
+    as it comes, one ``{"key": ..., "score": ..., **tag}`` record per line, and the file's
+    records whose fields match ``tag`` are loaded at construction: an interrupted ``spos rank``
+    resumes without rescoring. ``tag`` says what else a score depends on (the supernet's weight
+    hash, the scoring settings); records of other weights or settings are ignored, and a line
+    cut by a kill is skipped (that architecture is scored again).
+
+    Args:
+        score_fn: Scores one architecture (e.g. :meth:`ArchScorer.score`).
+        key: The cache key of an architecture (default ``arch.key``).
+        store: The JSON-lines file; None keeps the cache in memory only.
+        tag: Fields every stored record carries and every loaded record must match.
+        runtime: With one, :meth:`score_many` splits the new architectures across ranks and
+            every rank gets every score; the file is read and written by the main rank only.
+            Constructing a stored cache is then a collective (the main rank's records are
+            broadcast).
+    """
+
+    def __init__(
+        self,
+        score_fn: Callable[[Arch], float],
+        *,
+        key: Callable[[Arch], str] = _arch_key,
+        store: str | os.PathLike[str] | None = None,
+        tag: Mapping[str, Any] | None = None,
+        runtime: Runtime | None = None,
+    ) -> None:
+        self.score_fn, self.key, self.runtime = score_fn, key, runtime
+        self.store = None if store is None else Path(store)
+        self.tag = dict(tag or {})
+        self.scores: dict[str, float] = {}
+        if self.store is not None:
+            self.scores = self._read() if self._writes else {}
+            if runtime is not None:
+                self.scores = runtime.broadcast_object(self.scores)
+
+    @property
+    def _writes(self) -> bool:
+        return self.runtime is None or self.runtime.is_main
+
+    def _read(self) -> dict[str, float]:
+        scores: dict[str, float] = {}
+        if self.store is None or not self.store.exists():
+            return scores
+        for line in self.store.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill: rescore that arch
+            if all(record.get(field) == value for field, value in self.tag.items()):
+                scores[str(record["key"])] = float(record["score"])
+        return scores
+
+    def _append(self, key: str, value: float) -> None:
+        if self.store is None or not self._writes:
+            return
+        self.store.parent.mkdir(parents=True, exist_ok=True)
+        with self.store.open("a") as handle:
+            handle.write(json.dumps({"key": key, "score": value, **self.tag}) + "\n")
+            handle.flush()
+
+    def missing(self, archs: Iterable[Arch]) -> list[Arch]:
+        """The architectures of ``archs`` without a cached score (in order)."""
+        return [arch for arch in archs if self.key(arch) not in self.scores]
+
+    def score_many(
+        self, archs: Sequence[Arch], *, on_score: Callable[[Arch, float], None] | None = None
+    ) -> list[float]:
+        """The scores of ``archs`` (in order), computing only the missing ones.
+
+        ``on_score(arch, score)`` is called for each newly computed score, on the rank that
+        computed it.
+        """
+
+        def scored(arch: Arch, value: float) -> None:
+            self._append(self.key(arch), value)
+            if on_score is not None:
+                on_score(arch, value)
+
+        todo = self.missing(archs)
+        if self.runtime is None:
+            for arch in todo:
+                self.scores[self.key(arch)] = value = self.score_fn(arch)
+                scored(arch, value)
+        else:
+            self.scores.update(score_sharded(todo, self.score_fn, self.runtime, on_score=scored, key=self.key))
+        return [self.scores[self.key(arch)] for arch in archs]
+
+    def score(self, arch: Arch) -> float:
+        """The score of one architecture (computed at most once)."""
+        return self.score_many([arch])[0]

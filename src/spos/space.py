@@ -6,8 +6,10 @@ that the model builders in :mod:`spos.spaces` read to build the supernet and chi
 This module imports no torch, so search code and its tests run in milliseconds.
 
 Spaces are created by name through one registry (``create_space`` / ``list_spaces``); the
-built-in ones live in :mod:`spos.spaces.catalog`. A user-defined space is a ``SearchSpace``
-with ``family="sequential"`` (see the README) and needs no registration at all.
+built-in ones live in :mod:`spos.spaces`, one torch-free module per family, each recording
+where its models live (:func:`register_model_module`) so the model module is imported only
+when a supernet is built. A user-defined space is a ``SearchSpace`` with
+``family="shufflenet_ops"`` (see the README) and needs no registration at all.
 """
 
 from __future__ import annotations
@@ -27,9 +29,13 @@ from spos.errors import ArchError, ConfigError
 __all__ = [
     "register_arch_parser",
     "register_canonical_form",
+    "register_model_module",
+    "model_modules",
+    "resolve_family",
     "Choice",
     "SearchSpace",
     "make_rng",
+    "seed_from",
     "register_space",
     "create_space",
     "list_spaces",
@@ -46,6 +52,12 @@ def make_rng(seed: int, purpose: str) -> random.Random:
     """
     digest = hashlib.sha256(f"{int(seed)}:{purpose}".encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "little"))
+
+
+def seed_from(seed: int, purpose: str) -> int:
+    """An integer seed (for ``torch.manual_seed``, a ``torch.Generator``) derived from the run
+    seed and a purpose, by the same scheme as :func:`make_rng`."""
+    return make_rng(seed, purpose).getrandbits(63)
 
 
 def _freeze(value: Any) -> Any:
@@ -97,7 +109,8 @@ class SearchSpace:
         version: Bumped whenever choices or layout change meaning; checkpoints of another
             version are refused.
         family: Which model builder reads the layout (``"shufflenet"``, ``"nb201"``,
-            ``"sequential"``, ...).
+            ``"shufflenet_ops"``, ...; the old name ``"sequential"`` is an alias kept for
+            saved spaces, see :func:`resolve_family`).
         choices: The decisions, in network order.
         layout: JSON-able description of the fixed skeleton (channels, strides, input size).
     """
@@ -259,6 +272,10 @@ class SearchSpace:
                 data = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise ArchError(f"architecture JSON does not parse: {exc}") from None
+            except RecursionError:
+                raise ArchError("architecture JSON is nested too deeply; give {label: value}") from None
+            if not isinstance(data, dict):
+                raise ArchError(f"architecture JSON must be an object {{label: value}}, got {text[:40]!r}")
             if "arch" in data:
                 return self.validate(Arch.from_json(data))
             return self.arch(data)
@@ -356,6 +373,42 @@ def register_canonical_form(family: str, form: CanonicalForm) -> CanonicalForm:
     return form
 
 
+_MODEL_MODULES: dict[str, str] = {}
+_FAMILY_ALIASES: dict[str, str] = {}
+
+
+def register_model_module(family: str, module: str, *, aliases: Sequence[str] = ()) -> None:
+    """Record that the models of ``family`` are registered by importing ``module``.
+
+    A family's torch-free module calls this; :func:`spos.supernet.get_family` imports
+    ``module`` (which calls :func:`spos.supernet.register_family`) the first time a model of
+    the family is built, so defining and searching spaces never imports torch. ``aliases``
+    are older names of the family that saved spaces may carry.
+
+    Raises:
+        ConfigError: If ``family`` or an alias already names another module or family.
+    """
+    if _MODEL_MODULES.get(family, module) != module or family in _FAMILY_ALIASES:
+        raise ConfigError(f"model family {family!r} is already recorded elsewhere")
+    _MODEL_MODULES[family] = module
+    for alias in aliases:
+        if _FAMILY_ALIASES.get(alias, family) != family or alias in _MODEL_MODULES:
+            raise ConfigError(f"family alias {alias!r} already names another family")
+        _FAMILY_ALIASES[alias] = family
+
+
+def resolve_family(family: str) -> str:
+    """The current name of ``family`` (itself unless it is an alias, e.g. ``"sequential"``)."""
+    _load_builtins()
+    return _FAMILY_ALIASES.get(family, family)
+
+
+def model_modules() -> dict[str, str]:
+    """``{family: module}`` of every family whose models are imported on first use."""
+    _load_builtins()
+    return dict(_MODEL_MODULES)
+
+
 def register_space(name: str) -> Callable[[SpaceFactory], SpaceFactory]:
     """Decorator registering a space factory under ``name``.
 
@@ -373,7 +426,7 @@ def register_space(name: str) -> Callable[[SpaceFactory], SpaceFactory]:
 
 
 def _load_builtins() -> None:
-    import spos.spaces.catalog  # noqa: F401  (registers the built-in spaces)
+    import spos.spaces  # noqa: F401  (registers the built-in spaces)
 
 
 def list_spaces() -> list[str]:

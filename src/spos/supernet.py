@@ -7,8 +7,9 @@ candidates, and several threads or ranks can use it without coordinating.
 
 Each search-space *family* (``SearchSpace.family``) registers how to build its supernet and its
 standalone child network with :func:`register_family`; :func:`build_supernet` and
-:func:`spos.childnet.build_child` dispatch on it. The built-in families live in
-:mod:`spos.spaces` and are imported lazily the first time a family is looked up.
+:func:`spos.childnet.build_child` dispatch on it. A family's torch-free module records where
+its models live (:func:`spos.space.register_model_module`), and that module is imported the
+first time the family is looked up; a plugin may also call :func:`register_family` directly.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from spos.arch import Arch
 from spos.errors import ArchError, ConfigError
-from spos.space import SearchSpace
+from spos.space import SearchSpace, model_modules, resolve_family
 
 __all__ = [
     "Family",
@@ -33,10 +34,6 @@ __all__ = [
     "list_families",
     "register_family",
 ]
-
-#: Modules that register the built-in families when imported (add new families here).
-_BUILTIN_FAMILY_MODULES = ("spos.spaces.shufflenet", "spos.spaces.channel", "spos.spaces.nb201", "spos.spaces.resnet_quant")
-
 
 class Supernet(nn.Module, abc.ABC):
     """Base class of every supernet: all candidates, one path per call.
@@ -180,25 +177,28 @@ def register_family(
     return family
 
 
-def _load_builtins() -> None:
-    for module in _BUILTIN_FAMILY_MODULES:
-        importlib.import_module(module)
-
-
 def list_families() -> list[str]:
-    """Names of every registered family, sorted."""
-    _load_builtins()
+    """Names of every registered family, sorted (importing every recorded model module)."""
+    for module in sorted(set(model_modules().values())):
+        importlib.import_module(module)
     return sorted(_FAMILIES)
 
 
 def get_family(name: str) -> Family:
-    """The registered family ``name``.
+    """The registered family ``name`` (or the family it is an alias of).
+
+    The first lookup of a family imports the model module its torch-free module recorded
+    (:func:`spos.space.register_model_module`).
 
     Raises:
         ConfigError: If no family of that name is registered (the message lists them).
     """
-    _load_builtins()
+    name = resolve_family(name)
+    module = model_modules().get(name)
+    if name not in _FAMILIES and module is not None:
+        importlib.import_module(module)
     if name not in _FAMILIES:
+        list_families()
         raise ConfigError(
             f"unknown model family {name!r}; known families: {sorted(_FAMILIES)} "
             "(register one with spos.supernet.register_family)"

@@ -48,12 +48,12 @@ NORMFREE = Path(__file__).with_name("normfree_space.py")
 TOLERANCE = 1e-5
 TIMEOUT = 180
 
-COMMON = ["threads=1", "supernet.eval_every=0"]
+COMMON = ["threads=1", "supernet.panel.eval_every=0"]
 NORMFREE_OVERRIDES = [
     f"space.plugins=[{NORMFREE}]",
     "space.name=normfree_test",
     "space.layout={}",
-    "supernet.log_every=1",
+    "runtime.log_every=1",
 ]
 
 
@@ -132,7 +132,7 @@ NORMFREE_ARGS = [
     *NORMFREE_OVERRIDES,
     f"supernet.steps={STEPS}",
     "supernet.checkpoint_every=10",
-    "supernet.log_every=10",
+    "runtime.log_every=10",
 ]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from spos.spaces.channel_catalog import WIDTH_SCALES
+from spos.spaces.shufflenet_channel import WIDTH_SCALES
 from tests.conftest import SMOKE, run_cli
 
 
@@ -13,11 +13,11 @@ def test_channel_space_pipeline_through_the_cli(tmp_path):
         "space.name=shufflenet_channel_cifar",
         "threads=1",
         "supernet.steps=16",
-        "supernet.eval_every=0",
-        "supernet.panel_size=1",
+        "supernet.panel.eval_every=0",
+        "supernet.panel.size=1",
         "supernet.checkpoint_every=8",
-        "supernet.choice_warmup_steps=4",
-        "supernet.choice_widen_steps=8",
+        "supernet.sampler.warmup_steps=4",
+        "supernet.sampler.widen_steps=8",
         "search.generations=1",
         "search.population_size=4",
         "search.top_k=2",

@@ -22,10 +22,10 @@ from tests.conftest import ROOT, SMOKE
 GOLDEN = ROOT / "tests" / "assets" / "golden_supernet_loss.json"
 OVERRIDES = [
     "supernet.steps=50",
-    "supernet.log_every=1",
-    "supernet.eval_every=0",
+    "runtime.log_every=1",
+    "supernet.panel.eval_every=0",
     "supernet.checkpoint_every=50",
-    "supernet.panel_size=0",
+    "supernet.panel.size=0",
 ]
 #: Float summation order may differ between CPUs and thread counts; a real change of
 #: behaviour moves the curve by far more (a different first batch alone moves it by ~0.05).

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from spos import create_space
 from spos.cost import CostModel
-from spos.spaces.quant_catalog import scaled_width
+from spos.spaces.resnet_quant import scaled_width
 from tests.conftest import SMOKE, run_cli
 
 LAYOUT = {"stage_repeats": [1, 1, 1], "stage_channels": [8, 16, 16]}
@@ -27,8 +27,8 @@ def test_quant_channel_run_searches_retrains_and_exports_at_the_chosen_widths(tm
         "run", "--config", str(SMOKE), "--out", str(run_dir), "threads=1",
         "space.name=resnet20_quant_channel_cifar", f"space.layout={json.dumps(LAYOUT)}",
         "space.layout.width_scales=[0.5, 1.0]",
-        "supernet.steps=12", "supernet.eval_every=0", "supernet.panel_size=0",
-        "supernet.checkpoint_every=12", "supernet.choice_warmup_steps=4",
+        "supernet.steps=12", "supernet.panel.eval_every=0", "supernet.panel.size=0",
+        "supernet.checkpoint_every=12", "supernet.sampler.warmup_steps=4",
         "search.generations=1", "search.population_size=6", "search.recalibrate_images=32",
         "search.val_images=32", f"search.constraints=[{{metric: bitops, max: {limit}}}]",
         "retrain.epochs=1", "retrain.init=inherit",

@@ -10,7 +10,7 @@ from scipy.stats import kendalltau, spearmanr
 
 from spos.cost import CostModel
 from spos.space import create_space
-from spos.spaces.catalog import nb201_to_arch_str
+from spos.spaces.nb201 import nb201_to_arch_str
 from tests.conftest import SMOKE, run_cli
 
 NB201 = [
@@ -18,8 +18,8 @@ NB201 = [
     "space.layout={channels: 4, cells_per_stage: 1}",
     "data.synthetic_image_size=32",
     "supernet.steps=30",
-    "supernet.eval_every=0",
-    "supernet.panel_size=0",
+    "supernet.panel.eval_every=0",
+    "supernet.panel.size=0",
     "threads=1",
 ]
 

@@ -22,11 +22,13 @@ from spos.checkpoint import load_checkpoint, state_dict_sha256
 from spos.childnet import build_child, inherit_weights
 from spos.config import load_config
 from spos.cost import CostModel
+from spos.data.prepare import load_test_split, prepare_data
 from spos.dist import Runtime
 from spos.errors import ArchError, CheckpointError, SposError
+from spos.rundir import read_summary
 from spos.space import create_space, make_rng
 from spos.stages import export, retrain, train_supernet
-from spos.stages.common import build_space, load_test_split, prepare_data, read_summary
+from spos.stages.common import build_space
 from spos.supernet import build_supernet
 from tests.conftest import SMOKE, run_cli
 
@@ -40,7 +42,7 @@ def _runtime() -> Runtime:
 
 def _write_arch(run_dir, config) -> Arch:
     run_dir.mkdir(parents=True, exist_ok=True)
-    arch = build_space(config, prepare_data(config)).sample(make_rng(0, "retrain-test"))
+    arch = build_space(config, prepare_data(config.data, seed=config.seed)).sample(make_rng(0, "retrain-test"))
     arch.save(run_dir / "arch.json")
     return arch
 
@@ -74,7 +76,7 @@ def test_retrain_learns_and_reports(scratch_run):
     assert summary["init"] == "scratch" and summary["epochs"] == 4 and summary["arch"] == arch.short()
     for key in ("test_top1", "test_top5", "val_top1", "seconds", "images_per_s"):
         assert math.isfinite(summary[key]) and summary[key] >= 0, key
-    space = build_space(load_config(SMOKE), prepare_data(load_config(SMOKE)))
+    space = build_space(load_config(SMOKE), prepare_data(load_config(SMOKE).data, seed=load_config(SMOKE).seed))
     costs = CostModel.from_space(space).costs(arch)
     assert (summary["flops"], summary["params"], summary["params_total"]) == (
         costs["flops"], costs["params"], costs["params_total"],
@@ -170,21 +172,21 @@ def test_retrain_seed_repeats_the_retraining_on_the_same_data(scratch_run, tmp_p
     assert _write_arch(other_dir, other_config) == arch
     other = retrain.run(other_config, other_dir, runtime=_runtime())
     assert other["seed"] == 1 and other["weights_sha256"] != reference["weights_sha256"]
-    assert torch.equal(prepare_data(other_config).val.labels, prepare_data(config).val.labels)
+    assert torch.equal(prepare_data(other_config.data, seed=other_config.seed).val.labels, prepare_data(config.data, seed=config.seed).val.labels)
     assert other["test_images"] == reference["test_images"] and other["test_top1"] > 60.0
 
 
 def test_inherited_child_matches_supernet_and_starts_ahead(scratch_run, tmp_path):
     _, arch, scratch = scratch_run
     run_dir = tmp_path / "inherit"
-    supernet_overrides = ["supernet.steps=60", "supernet.eval_every=0", "supernet.panel_size=0"]
+    supernet_overrides = ["supernet.steps=60", "supernet.panel.eval_every=0", "supernet.panel.size=0"]
     config = load_config(SMOKE, [*OVERRIDES, *supernet_overrides, "retrain.init=inherit"])
     _write_arch(run_dir, config)
     train_supernet.run(config, run_dir, runtime=_runtime())
 
     # Exactness: the inherited child computes what the supernet path computes (eval mode).
     payload = load_checkpoint(run_dir / "supernet.ckpt", kind="supernet")
-    space = build_space(config, prepare_data(config))
+    space = build_space(config, prepare_data(config.data, seed=config.seed))
     supernet = build_supernet(space)
     supernet.load_state_dict(payload["state"]["model"])
     child = inherit_weights(build_child(space, arch), supernet, arch)
@@ -220,10 +222,10 @@ def test_export_bundle_is_verified(exported, scratch_run):
     import onnxruntime
 
     preprocess = json.loads((bundle / "preprocess.json").read_text())
-    data = prepare_data(load_config(SMOKE))
+    data = prepare_data(load_config(SMOKE).data, seed=load_config(SMOKE).seed)
     np.testing.assert_allclose(preprocess["mean"], data.mean.tolist())
     np.testing.assert_allclose(preprocess["std"], data.std.tolist())
-    test = load_test_split(load_config(SMOKE))
+    test = load_test_split(load_config(SMOKE).data, seed=load_config(SMOKE).seed)
     mean = np.array(preprocess["mean"], np.float32).reshape(1, -1, 1, 1)
     std = np.array(preprocess["std"], np.float32).reshape(1, -1, 1, 1)
     inputs = ((test.images.numpy().astype(np.float32) / preprocess["scale"] - mean) / std).astype(np.float32)
@@ -262,7 +264,7 @@ def test_arch_of_another_space_is_refused(tmp_path):
 def test_checkpoint_of_another_arch_is_refused(scratch_run, tmp_path):
     run_dir, arch, _ = scratch_run
     config = load_config(SMOKE, OVERRIDES)
-    space = build_space(config, prepare_data(config))
+    space = build_space(config, prepare_data(config.data, seed=config.seed))
     other = space.mutate(arch, make_rng(1, "other"), prob=1.0)
     while other == arch:
         other = space.mutate(other, make_rng(2, "other"), prob=1.0)

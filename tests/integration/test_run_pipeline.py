@@ -23,7 +23,7 @@ from tests.conftest import ROOT, SMOKE, run_cli
 
 OVERRIDES = [
     "supernet.steps=60",
-    "supernet.eval_every=30",
+    "supernet.panel.eval_every=30",
     "supernet.checkpoint_every=10",
     "search.generations=3",
     "retrain.epochs=2",

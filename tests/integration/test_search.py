@@ -12,9 +12,11 @@ import time
 import pytest
 
 from spos.arch import Arch
+from spos.checkpoint import load_checkpoint
 from spos.config import load_config
 from spos.dist import Runtime
 from spos.stages import search, train_supernet
+from spos.stages.common import open_for_scoring
 from tests.conftest import ROOT, SMOKE, run_cli
 
 FLOPS_MAX = 340_000  # the smoke space spans 266,784 to 408,160 MACs: about half is feasible
@@ -123,8 +125,8 @@ def test_final_rescoring_picks_the_best_of_the_top_k_on_the_larger_sample(traine
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     top4 = sorted(history, key=lambda r: -r["score"])[:4]
     finalists = summary["finalists"]
-    payload = train_supernet.load_checkpoint(run_dir / "supernet.ckpt", kind="supernet", map_location="cpu")
-    session = train_supernet.open_for_scoring(config, payload, run_dir / "supernet.ckpt", runtime)
+    payload = load_checkpoint(run_dir / "supernet.ckpt", kind="supernet", map_location="cpu")
+    session = open_for_scoring(config, payload, run_dir / "supernet.ckpt", runtime)
     assert sorted(f["arch"] for f in finalists) == sorted(session.space.arch(r["arch"]).short() for r in top4)
 
     # Each final score is what a scorer with the final budgets gives, and the winner has the best.

@@ -20,7 +20,7 @@ from spos.dist import Runtime
 from spos.stages import train_supernet
 from tests.conftest import ROOT, SMOKE, run_cli
 
-OVERRIDES = ["supernet.steps=120", "supernet.checkpoint_every=10", "supernet.eval_every=60"]
+OVERRIDES = ["supernet.steps=120", "supernet.checkpoint_every=10", "supernet.panel.eval_every=60"]
 
 
 def _metrics(run_dir):
@@ -101,8 +101,8 @@ def _assert_clean_error(result, *needles):
 
 
 def test_bad_config_value_is_one_clear_error(tmp_path):
-    result = run_cli("train-supernet", "--config", str(SMOKE), "--out", str(tmp_path / "r"), "supernet.lr=-1")
-    _assert_clean_error(result, "'supernet.lr'", "positive")
+    result = run_cli("train-supernet", "--config", str(SMOKE), "--out", str(tmp_path / "r"), "supernet.optim.lr=-1")
+    _assert_clean_error(result, "'supernet.optim.lr'", "positive")
 
 
 def test_missing_data_is_one_clear_error(tmp_path):
@@ -151,13 +151,13 @@ def test_grad_clip_scales_the_step_to_the_clip_norm(tmp_path):
 
     lr, clip = 0.1, 0.01
     common = [
-        "supernet.steps=1", "supernet.log_every=1", "supernet.eval_every=0", "supernet.warmup_steps=0",
-        f"supernet.lr={lr}", "supernet.weight_decay=0", "supernet.momentum=0", "supernet.label_smoothing=0",
+        "supernet.steps=1", "runtime.log_every=1", "supernet.panel.eval_every=0", "supernet.optim.warmup_steps=0",
+        f"supernet.optim.lr={lr}", "supernet.optim.weight_decay=0", "supernet.optim.momentum=0", "supernet.optim.label_smoothing=0",
     ]
     weights, norms = {}, {}
     for name, value in (("free", 1e9), ("clipped", clip)):
         run_dir = tmp_path / name
-        config = load_config(SMOKE, [*common, f"supernet.grad_clip={value}"])
+        config = load_config(SMOKE, [*common, f"supernet.optim.grad_clip={value}"])
         train_supernet.run(config, run_dir, runtime=Runtime.from_env("cpu", threads=1))
         weights[name] = load_checkpoint(run_dir / "supernet.ckpt", kind="supernet")["state"]["model"]
         norms[name] = _metrics(run_dir)[0]["grad_norm"]
@@ -172,8 +172,8 @@ def test_grad_clip_scales_the_step_to_the_clip_norm(tmp_path):
 
 
 def test_negative_grad_clip_is_one_clear_error(tmp_path):
-    result = run_cli("train-supernet", "--config", str(SMOKE), "--out", str(tmp_path / "r"), "supernet.grad_clip=-1")
-    assert result.returncode == 2 and "supernet.grad_clip" in result.stderr and "Traceback" not in result.stderr
+    result = run_cli("train-supernet", "--config", str(SMOKE), "--out", str(tmp_path / "r"), "supernet.optim.grad_clip=-1")
+    assert result.returncode == 2 and "supernet.optim.grad_clip" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_schedule_steps_stops_training_before_the_rate_reaches_zero(tmp_path):
@@ -182,8 +182,8 @@ def test_schedule_steps_stops_training_before_the_rate_reaches_zero(tmp_path):
     import math
 
     peak = 0.1
-    common = ["supernet.log_every=1", "supernet.eval_every=0", "supernet.warmup_steps=0",
-              "supernet.schedule=cosine", f"supernet.lr={peak}"]
+    common = ["runtime.log_every=1", "supernet.panel.eval_every=0", "supernet.optim.warmup_steps=0",
+              "supernet.optim.schedule=cosine", f"supernet.optim.lr={peak}"]
     config = load_config(SMOKE, [*common, "supernet.steps=6", "supernet.schedule_steps=8"])
     train_supernet.run(config, tmp_path / "cut", runtime=Runtime.from_env("cpu", threads=1))
     rates = [record["lr"] for record in _metrics(tmp_path / "cut") if "lr" in record]
@@ -209,7 +209,7 @@ def test_kept_checkpoint_is_the_run_that_stops_there_on_the_longer_schedule(tmp_
     what steps=4 schedule_steps=6 trains (same rates, same paths, same batches)."""
     from spos.checkpoint import load_checkpoint, state_dict_sha256
 
-    common = ["supernet.eval_every=0", "supernet.checkpoint_every=100", "supernet.schedule=cosine"]
+    common = ["supernet.panel.eval_every=0", "supernet.checkpoint_every=100", "supernet.optim.schedule=cosine"]
     runtime = Runtime.from_env("cpu", threads=1)
     long = tmp_path / "long"
     train_supernet.run(load_config(SMOKE, [*common, "supernet.steps=6", "supernet.keep_checkpoints=[4]"]), long, runtime=runtime)

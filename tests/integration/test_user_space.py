@@ -16,7 +16,7 @@ def test_user_defined_space_trains_and_searches(tmp_path):
             "space.name=my_space",
             "space.layout={}",
             "supernet.steps=20",
-            "supernet.eval_every=0",
+            "supernet.panel.eval_every=0",
         ],
     )
     runtime = Runtime.from_env("cpu", threads=2)

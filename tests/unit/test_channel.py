@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from spos.childnet import build_child, inherit_weights
+from spos.childnet import build_child
 from spos.cost import CostModel, module_costs
 from spos.errors import ArchError, ConfigError
 from spos.sampling import ChoiceSchedule, create_sampler
 from spos.slim import SlicedBatchNorm2d, SlicedConv2d, copy_prefix
 from spos.space import create_space, make_rng
-from spos.spaces.channel_catalog import CHANNEL_REFERENCE_ARCH, WIDTH_SCALES
+from spos.spaces.shufflenet_channel import CHANNEL_REFERENCE_ARCH, WIDTH_SCALES
 from spos.supernet import build_supernet
 
 TINY = dict(input_size=16, stage_repeats=[1, 1, 2, 1], stage_channels=[24, 32, 48, 64], head_channels=64)
@@ -141,17 +141,12 @@ def _trained_tiny_supernet():
     return space, supernet.eval()
 
 
-def test_child_with_inherited_weights_equals_the_supernet_path():
+def test_the_width_of_one_block_changes_the_network():
+    # child(x) == supernet(x, arch) for every family: tests/unit/test_space_contract.py
     space, supernet = _trained_tiny_supernet()
     rng = random.Random(1)
     x = torch.randn(3, 3, 16, 16)
-    outputs = []
-    for arch in [space.sample(rng) for _ in range(4)]:
-        child = inherit_weights(build_child(space, arch), supernet, arch).eval()
-        expected = supernet(x, arch)
-        torch.testing.assert_close(child(x), expected, rtol=0, atol=1e-5)
-        outputs.append(expected)
-    assert not torch.allclose(outputs[0], outputs[1])  # paths really differ
+    assert not torch.allclose(supernet(x, space.sample(rng)), supernet(x, space.sample(rng)))
     # Same blocks, another width of one block: another network.
     arch = space.sample(rng)
     narrower = space.arch({**dict(arch.items()), "width_02": 0.2 if arch["width_02"] != 0.2 else 1.6})
@@ -168,15 +163,13 @@ def test_child_has_the_chosen_mid_widths():
     assert supernet.blocks[1]["shuffle5x5"].branch_main[0].weight.shape[0] == int(16 * 1.6)
 
 
-def test_path_parameters_and_gradients_stay_on_the_path():
+def test_gradients_reach_only_the_chosen_width_of_a_sliced_conv():
+    # only path parameters get gradients, for every family: tests/unit/test_space_contract.py
     space, supernet = _trained_tiny_supernet()
     supernet.train()
     arch = space.sample(random.Random(3))
     supernet.zero_grad(set_to_none=True)
     supernet(torch.randn(2, 3, 16, 16), arch).sum().backward()
-    on_path = {id(p) for p in supernet.path_parameters(arch)}
-    for parameter in supernet.parameters():
-        assert (parameter.grad is not None) == (id(parameter) in on_path)
     conv = supernet.blocks[0][arch["block_00"]].branch_main
     sliced = next(m for m in conv if isinstance(m, SlicedConv2d))
     mid = int(12 * arch["width_00"])

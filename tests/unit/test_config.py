@@ -22,8 +22,8 @@ def test_shipped_configs_exist():
 
 
 def test_overrides_parse_types_and_nest(tmp_path):
-    config = load_config(None, ["supernet.lr=0.05", "supernet.nesterov=true", "data.root=/x", "threads=2"])
-    assert config.supernet.lr == 0.05 and config.supernet.nesterov is True
+    config = load_config(None, ["supernet.optim.lr=0.05", "supernet.optim.nesterov=true", "data.root=/x", "threads=2"])
+    assert config.supernet.optim.lr == 0.05 and config.supernet.optim.nesterov is True
     assert config.data.root == "/x" and config.threads == 2
     constrained = load_config(None, ["search.constraints=[{metric: flops, max: 3e8}]"])
     assert constrained.search.constraints[0].max == 3e8
@@ -35,8 +35,17 @@ def test_overrides_parse_types_and_nest(tmp_path):
         ("supernet.lrr=0.1", r"unknown config key\(s\) \['supernet.lrr'\]"),
         ("supernet.steps=ten", "'supernet.steps' must be an integer"),
         ("supernet.steps=0", "'supernet.steps' must be at least 1"),
-        ("supernet.sampler=greedy", "'supernet.sampler' must be one of"),
-        ("supernet.momentum=1.5", r"'supernet.momentum' must be in \[0, 1\)"),
+        ("supernet.sampler.name=greedy", "'supernet.sampler.name' must be one of"),
+        ("supernet.optim.momentum=1.5", r"'supernet.optim.momentum' must be in \[0, 1\)"),
+        ("retrain.optim.momentum=-0.1", r"'retrain.optim.momentum' must be in \[0, 1\)"),
+        ("retrain.optim.weight_decay=-1", "'retrain.optim.weight_decay' must be >= 0"),
+        ("retrain.optim.warmup_steps=-5", "'retrain.optim.warmup_steps' must be >= 0"),
+        ("supernet.optim.warmup_steps=5000", "'supernet.optim.warmup_steps' must be below the 3000 steps"),
+        ("supernet.optim.lr=inf", "'supernet.optim.lr' must be a finite number"),
+        ("supernet.optim.lr=1e400", "'supernet.optim.lr' must be a finite number"),
+        ("supernet.optim.lr=.nan", "'supernet.optim.lr' must be a finite number"),
+        ("ground_truth.path=/x.csv", "'ground_truth.column' must name the accuracy column"),
+        ("runtime.log_every=0", "'runtime.log_every' must be at least 1"),
         ("data.dataset=mnist", "'data.dataset' must be one of"),
         ("search.top_k=100", "'search.top_k' must be <= population_size"),
         ("device=tpu", "'device' must be auto, cpu, cuda"),
@@ -70,11 +79,69 @@ def test_resolved_config_round_trips(tmp_path):
 
 def test_apply_overrides_does_not_mutate_input():
     data = {"supernet": {"lr": 1.0}}
-    apply_overrides(data, ["supernet.lr=2"])
+    apply_overrides(data, ["supernet.optim.lr=2"])
     assert data == {"supernet": {"lr": 1.0}}
 
 
 def test_distinct_networks_needs_a_sampler_that_can_reject_labelings():
-    with pytest.raises(ConfigError, match="'supernet.distinct_networks' works with sampler=uniform or constraint"):
-        load_config(None, ["supernet.sampler=fair", "supernet.distinct_networks=true"])
-    assert load_config(None, ["supernet.distinct_networks=true"]).supernet.distinct_networks
+    with pytest.raises(ConfigError, match="'supernet.sampler.distinct_networks' works with name=uniform or constraint"):
+        load_config(None, ["supernet.sampler.name=fair", "supernet.sampler.distinct_networks=true"])
+    assert load_config(None, ["supernet.sampler.distinct_networks=true"]).supernet.sampler.distinct_networks
+
+
+@pytest.mark.parametrize(
+    "override, new_place",
+    [
+        ("supernet.lr=0.1", "supernet.optim.lr"),
+        ("retrain.warmup_steps=10", "retrain.optim.warmup_steps"),
+        ("supernet.sampler=fair", "supernet.sampler.name"),
+        ("supernet.sampler_max_tries=5", "supernet.sampler.max_tries"),
+        ("supernet.choice_warmup_steps=5", "supernet.sampler.warmup_steps"),
+        ("supernet.panel_size=3", "supernet.panel.size"),
+        ("supernet.rank_ground_truth=x.csv", "ground_truth.path"),
+        ("supernet.channels_last=false", "runtime.channels_last"),
+        ("retrain.amp=bf16", "runtime.amp"),
+    ],
+)
+def test_an_old_flat_key_names_its_new_place(override, new_place):
+    with pytest.raises(ConfigError, match=f"has moved to '{new_place}'"):
+        load_config(None, [override])
+
+
+def test_one_optimiser_section_serves_both_stages():
+    config = load_config(None, ["supernet.optim.lr=0.3", "retrain.optim.lr=0.05", "retrain.optim.grad_clip=5"])
+    assert type(config.supernet.optim) is type(config.retrain.optim)
+    assert (config.supernet.optim.lr, config.retrain.optim.lr, config.retrain.optim.grad_clip) == (0.3, 0.05, 5.0)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "is empty"),
+        ("# only a comment\n", "is empty"),
+        ("supernet:\n  steps: 5\nsupernet:\n  steps: 6\n", "'supernet' appears twice"),
+        ("a: &x [1, 2]\nb: *x\n", "YAML aliases"),
+        ("supernet: {steps: 5\n", "not valid YAML"),
+        ("- 1\n- 2\n", "mapping at the top level"),
+    ],
+)
+def test_bad_config_files_get_one_clear_error(tmp_path, text, message):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_unreadable_config_paths(tmp_path):
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(tmp_path)
+    binary = tmp_path / "latin1.yaml"
+    binary.write_bytes(b"seed: 0  # caf\xe9\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(binary)
+
+
+def test_values_quoted_in_errors_are_truncated():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["supernet.steps=" + "x" * 5000])
+    assert len(str(info.value)) < 300

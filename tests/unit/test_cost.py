@@ -14,7 +14,7 @@ from spos import create_space, make_rng
 from spos.childnet import build_child
 from spos.cost import CostModel, module_costs
 from spos.errors import ArchError, ConfigError
-from spos.spaces.catalog import OFFICIAL_REFERENCE_ARCH
+from spos.spaces.shufflenet import OFFICIAL_REFERENCE_ARCH
 
 # Conv + linear multiply-accumulates of the paper's ImageNet space (SPEC section 2).
 IMAGENET_FLOPS = {

@@ -7,6 +7,8 @@ import io
 import os
 import pickle
 import struct
+import subprocess
+import sys
 import zipfile
 from functools import partial
 from pathlib import Path
@@ -646,6 +648,24 @@ def test_array_dataset_subset_and_validation():
     with pytest.raises(DataError, match="uint8"):
         data.ArrayDataset(torch.zeros(2, 1, 2, 2), torch.zeros(2, dtype=torch.int64), ("a",))
 
+
+def test_public_names_resolve_and_readers_are_torch_free():
+    for name in data.__all__:
+        assert getattr(data, name) is not None, name
+    code = (
+        "import sys, spos.data, spos.data.readers, spos.config; "
+        "assert 'torch' not in sys.modules, 'the dataset registry imported torch'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_dataset_names_are_the_registered_readers():
+    from spos.config import config_from_dict
+    from spos.data import readers
+
+    assert data.DATASET_NAMES == tuple(readers._READERS)
+    with pytest.raises(ConfigError, match="'data.dataset' must be one of"):
+        config_from_dict({"data": {"dataset": "mnist"}})
 
 # ---------------------------------------------------------------------------------------------
 # the real Fashion-MNIST files, when the shared data folder is present

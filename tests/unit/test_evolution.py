@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import random
@@ -193,12 +194,83 @@ def test_infeasible_constraint_raises_within_the_cap(name, max_tries):
         name, toy_space(), objective, seed=0, is_feasible=never, max_tries=max_tries
     )
     cap = 10 * 20 if max_tries is None else max_tries
-    with pytest.raises(SposError, match="infeasible") as error:
+    with pytest.raises(SposError, match="admit few or no architectures") as error:
         strategy.step()
     assert f"{cap} random draws" in str(error.value)
-    assert "infeasible" in str(error.value)
+    assert f"search.max_tries, now {cap}" in str(error.value)
     assert calls["is_feasible"] == cap
     assert objective.calls == 0
+
+
+@pytest.mark.parametrize("name", STRATEGY_NAMES)
+def test_a_rare_feasible_set_in_a_small_space_is_found(name):
+    space = toy_space(genes=6, options=4)  # 4,096 architectures, 3 of them feasible
+    wanted = {(3, 3, 3, 3, 3, 3), (0, 1, 2, 3, 0, 1), (2, 2, 2, 2, 2, 1)}
+    objective = ToyObjective(space)
+    strategy = make_strategy(
+        name,
+        space,
+        objective,
+        seed=0,
+        is_feasible=lambda arch: space.indices(arch) in wanted,
+        max_tries=5,  # rejection sampling alone would almost surely find none
+        population_size=4,
+        generations=2,
+        top_k=2,
+        **({"mutation_count": 1, "crossover_count": 1} if name == "evolution" else {}),
+    )
+    strategy.run()
+    assert {space.indices(arch) for arch in objective.scored} == wanted
+
+
+@pytest.mark.parametrize("name", STRATEGY_NAMES)
+def test_infeasibility_is_proven_in_a_small_space(name):
+    space = toy_space(genes=5, options=3)
+    strategy = make_strategy(name, space, ToyObjective(space), seed=0, is_feasible=lambda arch: False)
+    with pytest.raises(SposError, match=r"no architecture of space 'toy' satisfies the constraints \(all 243 checked\)"):
+        strategy.step()
+
+
+@pytest.mark.parametrize("name", STRATEGY_NAMES)
+def test_a_population_larger_than_the_space_is_capped(name, caplog):
+    space = toy_space(genes=2, options=2)  # 4 architectures
+    objective = ToyObjective(space)
+    with caplog.at_level(logging.WARNING, logger="spos.evolution"):
+        strategy = make_strategy(
+            name,
+            space,
+            objective,
+            seed=0,
+            population_size=1_000_000,
+            generations=3,
+            top_k=2,
+            **({"mutation_count": 1, "crossover_count": 1} if name == "evolution" else {}),
+        )
+        strategy.run()
+    assert strategy.population_size == 4 and len(objective.scored) == 4
+    assert any("exceeds the 4 architectures" in message for message in caplog.messages)
+
+
+@pytest.mark.parametrize("name", STRATEGY_NAMES)
+def test_score_ties_go_to_the_lower_tie_break_value(name):
+    space = toy_space(genes=3, options=3)
+    cost = {values: sum(values) for values in itertools.product(range(3), repeat=3)}
+
+    def flat(archs):
+        return [1.0] * len(archs)
+
+    kwargs = {"mutation_count": 2, "crossover_count": 2} if name == "evolution" else {}
+    plain = create_strategy(name, space, flat, rng=make_rng(0, "t"), population_size=6, generations=2, top_k=3, **kwargs)
+    plain.run()
+    cheap = create_strategy(
+        name, space, flat, rng=make_rng(0, "t"), population_size=6, generations=2, top_k=3,
+        tie_break=lambda arch: cost[space.indices(arch)], **kwargs,
+    )
+    cheap.run()
+    first = plain.history[0]["key"]
+    assert plain.best[0].key == first  # without a tie-break the earliest wins
+    evaluated = [space.indices(space.arch(list(record["arch"].values()))) for record in cheap.history]
+    assert space.indices(cheap.best[0]) == min(evaluated, key=lambda values: cost[values])
 
 
 def test_generation_composition_and_global_top_k():

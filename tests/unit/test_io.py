@@ -32,3 +32,10 @@ def test_a_failing_writer_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
         atomic_write_bytes(path, half_then_fail)
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["weights.bin"]
+
+
+def test_json_files_never_hold_non_finite_numbers(tmp_path):
+    path = tmp_path / "summary.json"
+    write_json(path, {"tau": float("nan"), "loss": [1.0, float("inf")], "ok": 2.5, "n": (1, -float("inf"))})
+    assert json.loads(path.read_text()) == {"tau": None, "loss": [1.0, None], "ok": 2.5, "n": [1, None]}
+    assert "NaN" not in path.read_text() and "Infinity" not in path.read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -18,8 +19,8 @@ from spos.latency import (
     time_interleaved,
     validate_latency_table,
 )
-from spos.space import iter_options
-from spos.spaces.catalog import shufflenet_space
+from spos.space import create_space, iter_options
+from spos.spaces.shufflenet import shufflenet_space
 
 # One thread: the suite shares two cores, and OpenMP threads waiting on a busy core turn
 # sub-millisecond calls into scheduler time slices.
@@ -203,9 +204,47 @@ def test_time_interleaved_returns_one_median_per_call():
     assert 0 < fast < slow
 
 
-@pytest.mark.parametrize("name", ["shufflenet_channel_cifar", "resnet20_quant_channel_cifar"])
-def test_spaces_whose_layers_read_several_choices_are_refused_clearly(name):
-    from spos.space import create_space
+def test_ops_that_do_no_work_cost_nothing_and_cells_add_up():
+    """NAS-Bench-201's 'none' edge is listed by the path but never called (it used to have no
+    slot: `spos latency-table --space nb201` failed with KeyError 'none')."""
+    space = create_space("nb201", channels=4, cells_per_stage=2)
+    table = measure_latency_table(
+        space, device="cpu", repeats=1, warmup=0, threads=THREADS, end_to_end_correction=False
+    )
+    assert [label for label, _ in table.layers] == list(space.labels)
+    for label in space.labels:
+        assert table.entry(label, "none") == 0.0
+        assert table.entry(label, "nor_conv_3x3") > 0
+    assert table.metadata["fixed_parts"] == ["head", "reduction_2", "reduction_5", "stem"]
+    assert table.latency(space.parse("000000")) == table.fixed_ms
 
-    with pytest.raises(ConfigError, match="depend on several choices.*Constrain flops, params or bitops"):
-        measure_latency_table(create_space(name), device="cpu", repeats=1, warmup=0, batch_size=1)
+
+@pytest.mark.parametrize(
+    ("name", "layout", "first_layer"),
+    [
+        ("shufflenet_channel_cifar", dict(input_size=16, stage_repeats=[1, 1, 1, 1], stage_channels=[24, 32, 48, 64], head_channels=64, width_scales=[0.5, 1.0]), "block_00"),  # fmt: skip
+        ("resnet20_quant_channel_cifar", dict(stage_repeats=[1, 1, 1], in_channels=1, input_size=8, weight_bits=[2, 8], activation_bits=[4], width_scales=[0.5, 1.0]), "s1b0_conv1"),  # fmt: skip
+    ],
+)
+def test_layers_reading_several_choices_get_one_entry_per_combination(tmp_path, name, layout, first_layer):
+    space = create_space(name, **layout)
+    table = measure_latency_table(space, device="cpu", repeats=1, warmup=0, threads=THREADS)
+    key, options = table.layers[0]
+    reads = table.reads[0]
+    assert key == first_layer and len(reads) == 2
+    assert set(options) == set(itertools.product(*(space.choice(label).options for label in reads)))
+    assert all(math.isfinite(ms) and ms > 0 for _, options in table.layers for ms in options.values())
+    rng = make_rng(0, "latency-test")
+    for _ in range(3):
+        arch = space.sample(rng)
+        expected = table.fixed_ms + sum(
+            table.entry(key, tuple(arch[label] for label in reads) if len(reads) > 1 else arch[reads[0]])
+            for (key, _), reads in zip(table.layers, table.reads, strict=True)
+        )
+        assert table.latency(arch) == pytest.approx(expected, rel=1e-12)
+    path = tmp_path / "latency.json"
+    table.save(path)
+    loaded = LatencyTable.load(path, space=space)
+    assert loaded.to_dict() == table.to_dict() and loaded.reads == table.reads
+    report = validate_latency_table(table, space, device="cpu", seed=0, num_archs=2, repeats=1, warmup=0)
+    assert report["num_archs"] == 2 and math.isfinite(report["mape_percent"])

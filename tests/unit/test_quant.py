@@ -100,14 +100,13 @@ def test_straight_through_gradients_and_lsq_step_gradient():
 
 
 def test_gradients_reach_every_weight_and_only_the_chosen_steps():
+    # only path parameters get gradients, for every family: tests/unit/test_space_contract.py
     space = create_space("resnet20_quant_cifar", stage_repeats=[1, 1, 1], in_channels=1, input_size=12)
     supernet = build_supernet(space).train()
     arch = space.arch(["w2a3", "w4a8", "w8a2", "w3a4", "w2a2", "w4a4", "w8a8", "w3a3"])
     supernet(torch.randn(4, 1, 12, 12), arch).logsumexp(1).sum().backward()
-    on_path = {id(p) for p in supernet.path_parameters(arch)}
-    for name, parameter in supernet.named_parameters():
-        has_grad = parameter.grad is not None and bool(parameter.grad.abs().sum() > 0)
-        assert has_grad == (id(parameter) in on_path), name
+    for parameter in supernet.path_parameters(arch):
+        assert parameter.grad is not None and bool(parameter.grad.abs().sum() > 0)
     layer = supernet.blocks[0].conv1
     assert layer.weight_quantizers["2"].step.grad is not None
     assert layer.activation_quantizers["3"].step.grad is not None
@@ -162,7 +161,8 @@ def test_resnet18_quant_matches_the_standard_resnet18():
     assert costs.cost(arch, "size_bits") == (9408 + 513_000) * 32 + (costs.params(arch) - 9408 - 513_000) * 8
 
 
-def test_child_extraction_parity_for_bit_choices():
+def test_bit_widths_change_the_child_network():
+    # child(x) == supernet(x, arch) for every family: tests/unit/test_space_contract.py
     torch.manual_seed(0)
     space = create_space("resnet20_quant_cifar", stage_repeats=[1, 1, 1], in_channels=1, input_size=12)
     supernet = build_supernet(space)
@@ -176,12 +176,10 @@ def test_child_extraction_parity_for_bit_choices():
         optimizer.step()
     supernet.eval()
     outputs = []
-    for arch in (space.arch(["w2a2"] * 8), space.arch(["w8a8"] * 8), space.sample(rng)):
+    for arch in (space.arch(["w2a2"] * 8), space.arch(["w8a8"] * 8)):
         child = inherit_weights(build_child(space, arch), supernet, arch).eval()
         with torch.no_grad():
-            expected, actual = supernet(images, arch), child(images)
-        assert (expected - actual).abs().max() <= 1e-5
-        outputs.append(actual)
+            outputs.append(child(images))
     assert (outputs[0] - outputs[1]).abs().max() > 1e-3  # bit widths change the function
 
 
@@ -204,7 +202,7 @@ def test_search_under_a_bitops_constraint_never_evaluates_a_violator(tmp_path):
     limit = int(low + 0.3 * (high - low))
     common = ["--config", str(SMOKE), "--out", str(tmp_path), "space.name=resnet20_quant_cifar", f"space.layout={layout}"]
     trained = run_cli(
-        "train-supernet", *common, "supernet.steps=12", "supernet.eval_every=0", "supernet.panel_size=0",
+        "train-supernet", *common, "supernet.steps=12", "supernet.panel.eval_every=0", "supernet.panel.size=0",
         "supernet.checkpoint_every=12",
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr[-2000:]

@@ -373,13 +373,88 @@ def test_import_needs_no_torch() -> None:
 def test_a_failing_plot_becomes_a_skipped_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import spos.report
+    import spos.report.sections
 
     def broken(*args: Any, **kwargs: Any) -> None:
         raise ValueError("odd record")
 
-    monkeypatch.setattr(spos.report, "_plot_rank_scatter", broken)
+    monkeypatch.setattr(spos.report.sections, "_plot_rank_scatter", broken)
     make_full_run(tmp_path / "run")
     page = write_report(tmp_path / "run").read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") == len(ALL_PLOTS) - 1
     assert "skipped (could not plot: ValueError: odd record)" in page
+
+
+def make_quantisation_run(run_dir: Path) -> dict[str, Any]:
+    """A mixed-precision search: every candidate has the same FLOPs, BitOps vary with the bits,
+    and search's pareto.json runs along BitOps."""
+    from spos.evolution import pareto_front
+
+    rng = random.Random(1)
+    make_minimal_run(run_dir)
+    history = []
+    for index in range(24):
+        bits = {label: rng.choice((2, 4, 8)) for label in LABELS[:6]}
+        mean_bits = sum(bits.values()) / len(bits)
+        history.append(
+            {
+                "index": index,
+                "generation": index // 8,
+                "arch": bits,
+                "score": 50.0 + 3.0 * mean_bits + rng.gauss(0.0, 0.5),
+                "flops": 12_000_000,
+                "params": 270_000,
+                "bitops": int(12_000_000 * mean_bits * mean_bits),
+            }
+        )
+    write_jsonl(run_dir / "history.jsonl", history)
+    front = [history[i] for i in pareto_front([(r["bitops"], r["score"]) for r in history])]
+    (run_dir / "pareto.json").write_text(
+        json.dumps({"x": "bitops", "y": "score", "front": front}), encoding="utf-8"
+    )
+    best = max(history, key=lambda r: r["score"])
+    arch = {"arch": best["arch"], "score": best["score"], "costs": {"flops": 12_000_000, "bitops": best["bitops"]}}
+    (run_dir / "arch.json").write_text(json.dumps(arch), encoding="utf-8")
+    summary = {"search": {"strategy": "evolution", "constraints": [{"metric": "bitops", "max": 5e8}]}}
+    (run_dir / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    return {"history": history, "front": front}
+
+
+def test_accuracy_plot_runs_along_pareto_json_x_metric(tmp_path: Path) -> None:
+    from spos.report import files, search_plots, sections
+
+    made = make_quantisation_run(tmp_path / "run")
+    page = write_report(tmp_path / "run").read_text(encoding="utf-8")
+    assert "Accuracy against BitOps: candidates, Pareto front, chosen architecture" in page
+    assert (tmp_path / "run" / "report" / "accuracy_vs_flops.png").is_file()
+
+    run = files._read_run(tmp_path / "run")
+    metric = sections._cost_metric(run)
+    assert metric == "bitops"
+    figure = search_plots._plot_accuracy_vs_cost(
+        [r for r in run.history if "score" in r],
+        [],
+        metric=metric,
+        front=sections._pareto_records(run, metric),
+        chosen=sections._chosen_point(run, metric),
+        constraints=[{"metric": "bitops", "max": 5e8}],
+    )
+    axes = figure.axes[0]
+    assert axes.get_xlabel().startswith("BitOps (MBitOps")
+    candidates = axes.collections[0].get_offsets()[:, 0]
+    assert len(set(candidates.tolist())) > 3  # spread along BitOps, not a flat FLOPs column
+    front_line = next(line for line in axes.lines if line.get_label().startswith("Pareto front"))
+    assert list(front_line.get_xdata()) == pytest.approx([r["bitops"] / 1e6 for r in made["front"]])
+    labels = [text.get_text() for text in figure.legends[0].get_texts()]
+    assert "BitOps max 500 MBitOps" in labels
+
+
+def test_accuracy_plot_falls_back_to_flops_without_pareto_json(tmp_path: Path) -> None:
+    from spos.report import files, sections
+
+    make_quantisation_run(tmp_path / "run")
+    (tmp_path / "run" / "pareto.json").unlink()
+    run = files._read_run(tmp_path / "run")
+    assert sections._cost_metric(run) == "flops" and sections._pareto_records(run, "flops") is None
+    page = write_report(tmp_path / "run").read_text(encoding="utf-8")
+    assert "Accuracy against FLOPs: candidates, Pareto front, chosen architecture" in page

@@ -81,7 +81,7 @@ def test_distinct_network_sampling_draws_every_network_equally_often():
     """De-isomorphic sampling: on NAS-Bench-201 uniform labelings train the network that 125
     cells collapse to (nothing reaches the output) 125 times as often as a network with one
     labeling; drawn over distinct networks, every network is about equally likely."""
-    import spos.spaces.catalog  # noqa: F401  (registers nb201 and its canonical form)
+    import spos.spaces.nb201  # noqa: F401  (registers nb201 and its canonical form)
     from spos.space import create_space
 
     space = create_space("nb201")

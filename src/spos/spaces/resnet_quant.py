@@ -1,291 +1,234 @@
-"""The mixed-precision ResNet family: supernet and quantised child (SPEC section 2).
+"""The mixed-precision ResNet family, torch-free half: its spaces (SPEC section 2).
 
-Skeleton (read from ``SearchSpace.layout``, see :func:`spos.spaces.catalog.resnet_quant_space`):
-stem conv ``stem_kernel`` (``stem_stride``) + BN + ReLU (+ 3x3 stride-2 max-pool when
-``stem_pool``), full precision; basic blocks ``relu(bn(conv2(relu(bn(conv1(x))))) + shortcut)``
-with a 1x1 projection conv + BN shortcut where the shape changes; global average pool and a
-full-precision linear classifier (with bias). Every block conv is a
-:class:`spos.quant.QuantConvBN` whose weight and activation bit widths are the architecture's
-value for that layer (``"w4a8"``).
-
-Supernet (SPEC section 3): each quantised layer is a :class:`spos.quant.QuantConvChoices`:
-one convolution weight shared by all bit widths, an LSQ step size per weight and per
-activation bit width, a non-affine BN per option; stem and head BN are non-affine too. The
-child of one architecture (SPEC section 5) is the same network with fixed bit widths and
-affine BN; retraining it is quantisation-aware training of the found configuration.
-
-Bit widths combined with channel choices (a layout with ``width_scales``): each block's
-``width_s{stage}b{block}`` choice sets its middle width ``scaled_width(out_channels, scale)``,
-the output width of conv1 and the input width of conv2. The supernet allocates both at the
-largest scale and slices a prefix of the weight and of the BN statistics per path
-(:class:`spos.quant.SlicedQuantConvBN`, the once-for-all scheme of :mod:`spos.slim`); the child
-is built at the chosen widths and :meth:`ResNetQuantSupernet.standalone_path` copies the prefix
-into plain layers of those widths, so cost tables count the child's shapes and
-:func:`spos.childnet.inherit_weights` gives ``child(x) == supernet(x, arch)`` in eval mode.
-Costs of conv1 and conv2 read both their bit widths and the block's width
-(:meth:`ResNetQuantSupernet.layer_choices`).
+``resnet18_quant`` and ``resnet34_quant`` (ImageNet, 224x224) and ``resnet20_quant_cifar``
+(32x32 or 28x28): every conv but the stem picks weight and activation bit widths. Bit widths
+combined with channel choices (SPEC: "combined with channel choices"): a layout with
+``width_scales`` adds one width choice per basic block, ``width_s{stage}b{block}``, the scale
+of the block's middle width (conv1's outputs, conv2's inputs). ``resnet18_quant_channel``,
+``resnet34_quant_channel`` and ``resnet20_quant_channel_cifar`` are those spaces, with
+:data:`QUANT_WIDTH_SCALES` by default (``space.layout.width_scales=[...]`` replaces them), as
+``shufflenet_channel_*`` extend ``shufflenet_*``; the three plain spaces keep their layout,
+so their architectures, checkpoints and cost tables are unchanged. The model builders are in
+:mod:`spos.spaces.resnet_quant_model` (imported the first time a supernet is built), the
+quantiser in :mod:`spos.quant`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Any
 
-from torch import Tensor, nn
+from spos.errors import ConfigError
+from spos.space import Choice, SearchSpace, register_model_module, register_space
 
-from spos.arch import Arch
-from spos.errors import ArchError, ConfigError
-from spos.ops import GlobalAvgPool
-from spos.quant import QuantConvBN, QuantConvChoices, SlicedQuantConvBN, parse_bits
-from spos.space import SearchSpace
-from spos.spaces.quant_catalog import scaled_width
-from spos.supernet import Supernet, register_family
+__all__ = [
+    "QUANT_BITS",
+    "QUANT_WIDTH_SCALES",
+    "resnet18_quant",
+    "resnet18_quant_channel",
+    "resnet20_quant_cifar",
+    "resnet20_quant_channel_cifar",
+    "resnet34_quant",
+    "resnet34_quant_channel",
+    "resnet_quant_space",
+    "scaled_width",
+]
 
-__all__ = ["ResNetQuantChild", "ResNetQuantSupernet", "block_plan"]
+
+register_model_module("resnet_quant", "spos.spaces.resnet_quant_model")
+
+#: Default candidate bit widths of every quantised conv (weights and activations).
+QUANT_BITS = (2, 3, 4, 8)
+
+#: Default middle-width scales of the ``*_quant_channel*`` spaces (1.0: the plain ResNet).
+QUANT_WIDTH_SCALES = (0.5, 0.75, 1.0)
 
 
-def block_plan(space: SearchSpace) -> list[dict[str, Any]]:
-    """Every basic block: ``in_channels``, ``out_channels``, ``stride`` and its choice labels.
+def scaled_width(channels: int, scale: float) -> int:
+    """Middle width of a basic block with ``channels`` outputs at ``scale``.
 
-    With ``width_scales`` in the layout a block also has ``width`` (its width choice's label)
-    and ``widths`` (``{scale: middle width}``); both are ``None`` otherwise.
-
-    Raises:
-        ConfigError: If the layout does not produce the space's choices.
+    The ShuffleNetV2 channel search's rule (:func:`spos.spaces.shufflenet_channel.scaled_mid_channels`:
+    truncation of the float product, as the official code writes it) applied to the block's
+    full width instead of half of it, and at least one channel.
     """
-    layout = space.layout
-    scales = layout.get("width_scales")
-    plan = []
-    in_channels = int(layout["stem_channels"])
-    repeats, channels, strides = layout["stage_repeats"], layout["stage_channels"], layout["stage_strides"]
-    for stage, (repeat, out_channels, stage_stride) in enumerate(zip(repeats, channels, strides, strict=True)):
-        for block in range(int(repeat)):
-            prefix = f"s{stage + 1}b{block}"
-            stride = int(stage_stride) if block == 0 else 1
-            down = stride != 1 or in_channels != int(out_channels)
-            plan.append(
-                {
-                    "in_channels": in_channels,
-                    "out_channels": int(out_channels),
-                    "stride": stride,
-                    "conv1": f"{prefix}_conv1",
-                    "conv2": f"{prefix}_conv2",
-                    "down": f"{prefix}_down" if down else None,
-                    "width": f"width_{prefix}" if scales is not None else None,
-                    "widths": (
-                        {float(s): scaled_width(int(out_channels), float(s)) for s in scales}
-                        if scales is not None
-                        else None
-                    ),
-                }
-            )
-            in_channels = int(out_channels)
-    labels = [block[key] for block in plan for key in ("conv1", "conv2", "down") if block[key]]
-    labels += [block["width"] for block in plan if block["width"]]
-    if tuple(labels) != space.labels:
+    return max(1, int(int(channels) * float(scale)))
+
+
+def _width_scales(name: str, value: Any) -> list[float]:
+    if (
+        not isinstance(value, Sequence)
+        or isinstance(value, str)
+        or not value
+        or any(isinstance(s, bool) or not isinstance(s, (int, float)) or s <= 0 for s in value)
+    ):
         raise ConfigError(
-            f"space {space.name!r}: its layout gives layers {labels[:4]}... but the space has "
-            f"choices {list(space.labels[:4])}...; rebuild it with create_space"
+            f"space {name!r}: layout 'width_scales' must be a non-empty list of positive numbers "
+            f"(e.g. [0.5, 0.75, 1.0]), got {value!r}"
         )
-    return plan
+    scales = [float(s) for s in value]
+    if len(set(scales)) != len(scales):
+        raise ConfigError(f"space {name!r}: layout 'width_scales' repeats a scale: {scales}")
+    return scales
 
 
-def _build_stem(layout: Mapping[str, Any], *, affine: bool) -> nn.Sequential:
-    kernel = int(layout["stem_kernel"])
-    layers: list[nn.Module] = [
-        nn.Conv2d(
-            int(layout["in_channels"]),
-            int(layout["stem_channels"]),
-            kernel,
-            int(layout["stem_stride"]),
-            kernel // 2,
-            bias=False,
-        ),
-        nn.BatchNorm2d(int(layout["stem_channels"]), affine=affine),
-        nn.ReLU(inplace=True),
-    ]
-    if layout["stem_pool"]:
-        layers.append(nn.MaxPool2d(3, 2, 1))
-    return nn.Sequential(*layers)
-
-
-def _build_head(layout: Mapping[str, Any], in_channels: int) -> nn.Sequential:
-    return nn.Sequential(GlobalAvgPool(), nn.Linear(in_channels, int(layout["num_classes"])))
-
-
-def _initialize(model: nn.Module) -> None:
-    """He (fan-out) init for convs, as torchvision's ResNet; BN scale 1, shift 0."""
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(module, nn.BatchNorm2d) and module.weight is not None:
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-
-
-class _SupernetBlock(nn.Module):
-    def __init__(self, block: Mapping[str, Any], options: Mapping[str, tuple[str, ...]]) -> None:
-        super().__init__()
-        i, o, s = block["in_channels"], block["out_channels"], block["stride"]
-        widths = block["widths"]
-        sliced = widths is not None
-        mid = max(widths.values()) if sliced else o  # may exceed o: scales above 1.0
-        self.conv1 = QuantConvChoices(i, mid, 3, stride=s, options=options[block["conv1"]], sliced=sliced)
-        self.conv2 = QuantConvChoices(mid, o, 3, stride=1, options=options[block["conv2"]], sliced=sliced)
-        self.down = (
-            QuantConvChoices(i, o, 1, stride=s, options=options[block["down"]]) if block["down"] else None
-        )
-        self.labels = (block["conv1"], block["conv2"], block["down"])
-        self.in_channels, self.out_channels = i, o
-        self.width_label: str | None = block["width"]
-        self.widths: dict[float, int] | None = widths
-
-
-class ResNetQuantSupernet(Supernet):
-    """Supernet of a mixed-precision ResNet space (``family="resnet_quant"``).
-
-    Args:
-        space: A space from :func:`spos.spaces.catalog.resnet_quant_space`.
-    """
-
-    def __init__(self, space: SearchSpace) -> None:
-        super().__init__(space)
-        plan = block_plan(space)
-        widths = {block["width"] for block in plan if block["width"]}
-        bit_choices = [c for c in space.choices if c.label not in widths]
-        options = {c.label: tuple(str(o) for o in c.options) for c in bit_choices}
-        for choice in bit_choices:
-            for option in choice.options:
-                parse_bits(str(option))
-        self.stem = _build_stem(space.layout, affine=False)
-        self.blocks = nn.ModuleList(_SupernetBlock(block, options) for block in plan)
-        self.head = _build_head(space.layout, plan[-1]["out_channels"])
-        self.relu = nn.ReLU(inplace=True)
-        self._positions = {label: i for i, label in enumerate(space.labels)}
-        # conv1 and conv2 of a block with a width choice compute what their bits and it decide
-        self._width_of = {
-            label: block.width_label
-            for block in self.blocks
-            if block.width_label is not None
-            for label in block.labels[:2]
-        }
-        _initialize(self)
-
-    def _layer(self, layer: QuantConvChoices, label: str, arch: Arch) -> QuantConvBN:
-        value = arch.values[self._positions[label]][1]
-        try:
-            return layer.path(str(value))
-        except KeyError:
-            raise ArchError(f"{value!r} is not an option of {label!r}") from None
-
-    def _mid_width(self, block: _SupernetBlock, arch: Arch) -> int | None:
-        """The block's middle width on the path ``arch`` (None: the block has no width choice)."""
-        if block.widths is None:
-            return None
-        value = arch.values[self._positions[block.width_label]][1]
-        try:
-            return block.widths[float(value)]
-        except (KeyError, TypeError, ValueError):
-            raise ArchError(f"{value!r} is not an option of {block.width_label!r}") from None
-
-    def forward(self, x: Tensor, arch: Arch) -> Tensor:
-        """Run the path ``arch`` on ``x`` (N, C, H, W); return the logits."""
-        self.check_arch(arch)
-        x = self.stem(x)
-        for block in self.blocks:
-            conv1, conv2, down = block.labels
-            mid = self._mid_width(block, arch)
-            layer1 = self._layer(block.conv1, conv1, arch)
-            out = self.relu(layer1(x) if mid is None else layer1(x, mid))
-            out = self._layer(block.conv2, conv2, arch)(out)
-            shortcut = self._layer(block.down, down, arch)(x) if block.down is not None else x
-            x = self.relu(out + shortcut)
-        return self.head(x)
-
-    def path_modules(self, arch: Arch) -> list[tuple[str, nn.Module]]:
-        self.check_arch(arch)
-        modules: list[tuple[str, nn.Module]] = [("stem", self.stem)]
-        for block in self.blocks:
-            for layer, label in zip((block.conv1, block.conv2, block.down), block.labels, strict=True):
-                if layer is not None:
-                    modules.append((label, self._layer(layer, label, arch)))
-        modules.append(("head", self.head))
-        return modules
-
-    def layer_choices(self, key: str) -> tuple[str, ...]:
-        """conv1 and conv2 of a block with a width choice read their bits and that width."""
-        width = self._width_of.get(key)
-        return (key, width) if width is not None else super().layer_choices(key)
-
-    def standalone_path(self, arch: Arch) -> list[tuple[str, nn.Module]]:
-        """:meth:`path_modules`, with the width-sliced convs as plain layers of the chosen
-        widths holding the prefix weights (what the child network holds)."""
-        if not self._width_of:
-            return self.path_modules(arch)
-        self.check_arch(arch)
-        modules: list[tuple[str, nn.Module]] = [("stem", self.stem)]
-        for block in self.blocks:
-            conv1, conv2, down = block.labels
-            mid = self._mid_width(block, arch)
-            first, second = self._layer(block.conv1, conv1, arch), self._layer(block.conv2, conv2, arch)
-            if mid is not None:
-                assert isinstance(first, SlicedQuantConvBN) and isinstance(second, SlicedQuantConvBN)
-                first = first.plain(block.in_channels, mid)
-                second = second.plain(mid, block.out_channels)
-            modules += [(conv1, first), (conv2, second)]
-            if block.down is not None:
-                modules.append((down, self._layer(block.down, down, arch)))
-        modules.append(("head", self.head))
-        return modules
-
-
-class _ChildBlock(nn.Module):
-    def __init__(self, block: Mapping[str, Any], arch: Arch) -> None:
-        super().__init__()
-        i, o, s = block["in_channels"], block["out_channels"], block["stride"]
-        mid = o if block["widths"] is None else block["widths"][float(arch[block["width"]])]
-
-        def layer(label: str, in_channels: int, out_channels: int, kernel: int, stride: int) -> QuantConvBN:
-            w, a = parse_bits(str(arch[label]))
-            return QuantConvBN.build(
-                in_channels, out_channels, kernel, stride=stride, weight_bits=w, activation_bits=a, affine=True
+def _bit_list(name: str, key: str, value: Any, *, least: int) -> list[int]:
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError(f"space {name!r}: layout {key!r} must be a non-empty list of bit widths")
+    bits = []
+    for item in value:
+        if not isinstance(item, int) or isinstance(item, bool) or not least <= item <= 16:
+            raise ConfigError(
+                f"space {name!r}: layout {key!r} holds {item!r}; bit widths are integers in "
+                f"{least}..16 (full precision is the un-searched first and last layer)"
             )
-
-        self.conv1 = layer(block["conv1"], i, mid, 3, s)
-        self.conv2 = layer(block["conv2"], mid, o, 3, 1)
-        self.down = layer(block["down"], i, o, 1, s) if block["down"] else None
-        self.relu = nn.ReLU(inplace=True)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.conv2(self.relu(self.conv1(x)))
-        return self.relu(out + (self.down(x) if self.down is not None else x))
+        bits.append(item)
+    if len(set(bits)) != len(bits):
+        raise ConfigError(f"space {name!r}: layout {key!r} repeats a bit width: {bits}")
+    return sorted(bits)
 
 
-class ResNetQuantChild(nn.Module):
-    """The quantised network of one architecture (fixed bit widths and widths, affine BN).
+def resnet_quant_space(name: str, *, version: int = 1, **layout: Any) -> SearchSpace:
+    """A ResNet (basic blocks) whose every conv but the stem chooses its bit widths.
 
-    Its stateful layers come in the order of ``ResNetQuantSupernet.standalone_path(arch)``, so
-    :func:`spos.childnet.inherit_weights` copies a path (weights, LSQ steps, BN statistics).
+    One choice per quantised conv, ``{stage}{block}_conv1``, ``..._conv2`` and ``..._down``
+    (the 1x1 projection shortcut where the shape changes), e.g. ``s2b0_conv1``; its options
+    are ``"w{weight_bits}a{activation_bits}"`` for every pair of the layout's
+    ``weight_bits`` x ``activation_bits``. The pair is one choice, not two, so every cost
+    (BitOps = MACs x weight bits x activation bits) stays one table entry per (layer, option)
+    and the architecture reads as one value per layer. The stem conv and the classifier stay
+    full precision.
 
-    Args:
-        space: A ``family="resnet_quant"`` space.
-        arch: An architecture of that space.
+    With ``width_scales`` in the layout (e.g. ``[0.5, 0.75, 1.0]``) every basic block also
+    chooses its middle width, ``width_{stage}{block}`` (e.g. ``width_s2b0``): conv1 produces
+    :func:`scaled_width` ``(out_channels, scale)`` channels and conv2 reads them; the block's
+    output and its projection shortcut keep their width. These choices come after every
+    bit-width choice, so an architecture's bit widths read as in the space without widths; the
+    ``width_`` prefix is the one :class:`spos.sampling.ChoiceSchedule` warms up by default
+    (full width first, ``supernet.sampler.warmup_steps``). Without ``width_scales`` (or with
+    ``None``) the space is the plain mixed-precision one, layout included.
+
+    Layout keys: ``input_size``, ``in_channels``, ``num_classes``, ``stem_channels``,
+    ``stem_kernel``, ``stem_stride``, ``stem_pool`` (3x3 stride-2 max-pool after the stem),
+    ``stage_repeats``, ``stage_channels``, ``stage_strides``, ``weight_bits``,
+    ``activation_bits``; optional ``width_scales``.
     """
+    required = (
+        "input_size", "in_channels", "num_classes", "stem_channels", "stem_kernel", "stem_stride",
+        "stem_pool", "stage_repeats", "stage_channels", "stage_strides", "weight_bits",
+        "activation_bits",
+    )  # fmt: skip
+    missing = [key for key in required if key not in layout]
+    if missing:
+        raise ConfigError(f"space {name!r}: layout lacks {missing}")
+    repeats, channels, strides = (
+        list(layout["stage_repeats"]),
+        list(layout["stage_channels"]),
+        list(layout["stage_strides"]),
+    )
+    if not repeats or not len(repeats) == len(channels) == len(strides):
+        raise ConfigError(
+            f"space {name!r}: stage_repeats, stage_channels and stage_strides must be non-empty "
+            f"lists of one length (got {len(repeats)}, {len(channels)}, {len(strides)})"
+        )
+    if any(not isinstance(r, int) or r < 1 for r in repeats):
+        raise ConfigError(f"space {name!r}: stage_repeats must be positive integers, got {repeats}")
+    weight_bits = _bit_list(name, "weight_bits", layout["weight_bits"], least=2)
+    activation_bits = _bit_list(name, "activation_bits", layout["activation_bits"], least=1)
+    options = tuple(f"w{w}a{a}" for w in weight_bits for a in activation_bits)
+    labels = []
+    width_labels = []
+    in_channels = int(layout["stem_channels"])
+    for stage, (repeat, out_channels, stride) in enumerate(zip(repeats, channels, strides, strict=True)):
+        for block in range(repeat):
+            prefix = f"s{stage + 1}b{block}"
+            labels += [f"{prefix}_conv1", f"{prefix}_conv2"]
+            width_labels.append(f"width_{prefix}")
+            if (stride if block == 0 else 1) != 1 or in_channels != out_channels:
+                labels.append(f"{prefix}_down")
+            in_channels = out_channels
+    layout = {**layout, "weight_bits": weight_bits, "activation_bits": activation_bits}
+    choices = [Choice(label, options) for label in labels]
+    if layout.get("width_scales") is None:
+        layout.pop("width_scales", None)  # absent: the plain space, its layout unchanged
+    else:
+        scales = _width_scales(name, layout["width_scales"])
+        layout["width_scales"] = scales
+        choices += [Choice(label, tuple(scales)) for label in width_labels]
+    return SearchSpace(name, version, "resnet_quant", tuple(choices), layout)
 
-    def __init__(self, space: SearchSpace, arch: Arch) -> None:
-        super().__init__()
-        space.validate(arch)
-        self.space = space
-        self.arch = arch
-        plan = block_plan(space)
-        self.stem = _build_stem(space.layout, affine=True)
-        self.blocks = nn.Sequential(*(_ChildBlock(block, arch) for block in plan))
-        self.head = _build_head(space.layout, plan[-1]["out_channels"])
-        _initialize(self)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Logits for ``x`` (N, C, H, W)."""
-        return self.head(self.blocks(self.stem(x)))
+_RESNET_IMAGENET = dict(
+    input_size=224,
+    in_channels=3,
+    num_classes=1000,
+    stem_channels=64,
+    stem_kernel=7,
+    stem_stride=2,
+    stem_pool=True,
+    stage_channels=[64, 128, 256, 512],
+    stage_strides=[1, 2, 2, 2],
+    weight_bits=list(QUANT_BITS),
+    activation_bits=list(QUANT_BITS),
+)
 
 
-register_family("resnet_quant", supernet=ResNetQuantSupernet, child=ResNetQuantChild)
+@register_space("resnet18_quant")
+def resnet18_quant(**layout: Any) -> SearchSpace:
+    """ResNet-18 (ImageNet, 224x224) mixed-precision space: 19 quantised convs x 16 options."""
+    defaults = {**_RESNET_IMAGENET, "stage_repeats": [2, 2, 2, 2]}
+    return resnet_quant_space("resnet18_quant", **{**defaults, **layout})
+
+
+@register_space("resnet34_quant")
+def resnet34_quant(**layout: Any) -> SearchSpace:
+    """ResNet-34 (ImageNet, 224x224) mixed-precision space: 35 quantised convs x 16 options."""
+    defaults = {**_RESNET_IMAGENET, "stage_repeats": [3, 4, 6, 3]}
+    return resnet_quant_space("resnet34_quant", **{**defaults, **layout})
+
+
+@register_space("resnet18_quant_channel")
+def resnet18_quant_channel(**layout: Any) -> SearchSpace:
+    """``resnet18_quant`` with a middle-width choice per block (8 blocks x 3 scales)."""
+    defaults = {**_RESNET_IMAGENET, "stage_repeats": [2, 2, 2, 2], "width_scales": list(QUANT_WIDTH_SCALES)}
+    return resnet_quant_space("resnet18_quant_channel", **{**defaults, **layout})
+
+
+@register_space("resnet34_quant_channel")
+def resnet34_quant_channel(**layout: Any) -> SearchSpace:
+    """``resnet34_quant`` with a middle-width choice per block (16 blocks x 3 scales)."""
+    defaults = {**_RESNET_IMAGENET, "stage_repeats": [3, 4, 6, 3], "width_scales": list(QUANT_WIDTH_SCALES)}
+    return resnet_quant_space("resnet34_quant_channel", **{**defaults, **layout})
+
+
+_RESNET_CIFAR = dict(
+    input_size=32,
+    in_channels=3,
+    num_classes=10,
+    stem_channels=16,
+    stem_kernel=3,
+    stem_stride=1,
+    stem_pool=False,
+    stage_repeats=[3, 3, 3],
+    stage_channels=[16, 32, 64],
+    stage_strides=[1, 2, 2],
+    weight_bits=list(QUANT_BITS),
+    activation_bits=list(QUANT_BITS),
+)
+
+
+@register_space("resnet20_quant_cifar")
+def resnet20_quant_cifar(**layout: Any) -> SearchSpace:
+    """CIFAR ResNet-20 (32x32; 28x28 works) mixed-precision space: 20 quantised convs.
+
+    He et al.'s CIFAR ResNet (3x3 stem, 3 stages of 3 basic blocks at 16/32/64 channels)
+    with 1x1 projection shortcuts (option B) where the shape changes, so those two
+    projections are searchable layers too. ``stage_repeats=[1, 1, 1]`` gives a ResNet-8.
+    """
+    return resnet_quant_space("resnet20_quant_cifar", **{**_RESNET_CIFAR, **layout})
+
+
+@register_space("resnet20_quant_channel_cifar")
+def resnet20_quant_channel_cifar(**layout: Any) -> SearchSpace:
+    """``resnet20_quant_cifar`` with a middle-width choice per block (9 blocks x 3 scales)."""
+    defaults = {**_RESNET_CIFAR, "width_scales": list(QUANT_WIDTH_SCALES)}
+    return resnet_quant_space("resnet20_quant_channel_cifar", **{**defaults, **layout})

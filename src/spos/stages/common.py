@@ -1,58 +1,45 @@
-"""Pieces every stage recipe shares: run-directory files, data preparation, optimiser and
-learning-rate schedule, metrics logging, and the progress-reporting protocol.
+"""Pieces every stage recipe shares: plugins and the configured space, the progress-reporting
+protocol, opening a supernet checkpoint for scoring, and the run's fixed
+facts (``space.json``, ``cost_table.json``). Run-directory files: :mod:`spos.rundir`; the
+evaluator: :mod:`spos.scoring`; optimiser, training state and metrics: :mod:`spos.train`; data
+preparation: :mod:`spos.data.prepare`.
 
 Stages stay short recipes (setup, run, save) because the plumbing lives here once.
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import math
-import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from torch import nn
 
-from spos import data as spos_data
-from spos.arch import Arch
-from spos.config import DataConfig, RunConfig, save_config
+from spos.checkpoint import check_space, state_dict_sha256
+from spos.config import RunConfig
+from spos.cost import CostModel
+from spos.data.prepare import PreparedData, prepare_data
 from spos.dist import Runtime
-from spos.errors import ConfigError, DataError
-from spos.io import atomic_write_text, write_json
-from spos.space import SearchSpace, create_space, make_rng
+from spos.errors import ConfigError
+from spos.io import write_json
+from spos.rundir import RunDir
+from spos.scoring import ScoringSession
+from spos.space import SearchSpace, create_space
+from spos.supernet import build_supernet
 
 __all__ = [
     "Progress",
     "ProgressFactory",
     "null_progress",
-    "score_sharded",
-    "PreparedData",
-    "prepare_data",
-    "place_dataset",
-    "load_test_split",
-    "train_stream",
-    "eval_batches",
-    "seed_from",
+    "open_for_scoring",
+    "run_costs",
+    "write_run_facts",
     "build_space",
-    "make_sgd",
-    "learning_rate",
-    "MetricsLog",
-    "read_summary",
-    "update_summary",
-    "start_run",
-    "Stopwatch",
-    "TrainingWindow",
 ]
 
-
-def seed_from(seed: int, purpose: str) -> int:
-    """An integer seed for torch derived from the run seed and a purpose."""
-    return make_rng(seed, purpose).getrandbits(63)
+log = logging.getLogger(__name__)
 
 
 class Progress(Protocol):
@@ -78,212 +65,6 @@ def null_progress(*, total: int, initial: int = 0, description: str = "") -> Pro
     """A progress reporter that shows nothing (library use, non-main ranks)."""
     del total, initial, description
     return _NullProgress()
-
-
-@dataclass
-class PreparedData:
-    """Datasets of a run and what the model needs to know about them.
-
-    Attributes:
-        train: Training images minus the held-out validation split (in memory, or a
-            :class:`~spos.data.LazyImageFolder` view read per batch with ``data.lazy``).
-        val: The fixed held-out validation split (search fitness, panel accuracy).
-        mean: Per-channel mean on the [0, 1] scale (from ``train``).
-        std: Per-channel standard deviation on the [0, 1] scale.
-        num_classes: Number of classes.
-        channels: Image channels.
-        image_size: Image side after padding.
-    """
-
-    train: spos_data.ArrayDataset | spos_data.LazyImageFolder
-    val: spos_data.ArrayDataset | spos_data.LazyImageFolder
-    mean: torch.Tensor
-    std: torch.Tensor
-    num_classes: int
-    channels: int
-    image_size: int
-
-    def to_float(self, images: torch.Tensor, runtime: Runtime, *, channels_last: bool) -> torch.Tensor:
-        """Normalise a uint8 batch and move it to the runtime's device."""
-        return spos_data.to_float(
-            images, self.mean, self.std, channels_last=channels_last, device=runtime.device
-        )
-
-
-def _load_split(cfg: DataConfig, split: str, *, seed: int) -> spos_data.ArrayDataset:
-    kwargs: dict[str, Any] = {}
-    if cfg.dataset == "synthetic":
-        kwargs = {"size": cfg.synthetic_size, "image_size": cfg.synthetic_image_size, "seed": seed}
-    dataset = spos_data.load_dataset(
-        cfg.dataset, root=cfg.root, split=split, cache_dir=Path(cfg.cache_dir).expanduser(), **kwargs
-    )
-    limit = cfg.train_limit if split == "train" else cfg.test_limit
-    if limit is not None and limit < len(dataset):
-        generator = torch.Generator().manual_seed(seed * 1000 + (split == "test"))
-        dataset = dataset.subset(torch.randperm(len(dataset), generator=generator)[:limit])
-    if cfg.pad_to is not None:
-        dataset = spos_data.ArrayDataset(
-            spos_data.pad_to(dataset.images, cfg.pad_to), dataset.labels, dataset.classes
-        )
-    return dataset
-
-
-#: Training images whose channel statistics normalise a lazily read dataset.
-LAZY_STATS_IMAGES = 1024
-
-
-def _limit(dataset: Any, limit: int | None, *, seed: int, split: str) -> Any:
-    if limit is not None and limit < len(dataset):
-        generator = torch.Generator().manual_seed(seed * 1000 + (split == "test"))
-        dataset = dataset.subset(torch.randperm(len(dataset), generator=generator)[:limit])
-    return dataset
-
-
-def _open_lazy(
-    cfg: DataConfig, split: str, *, seed: int, classes: Any = None
-) -> spos_data.LazyImageFolder:
-    if cfg.root is None:
-        raise DataError(
-            "dataset 'image_folder' needs data.root: a folder with train/<class>/<image> "
-            "(and val/<class>/<image> or test/<class>/<image>) files, or a .zip of one"
-        )
-    folder = spos_data.LazyImageFolder(
-        Path(cfg.root).expanduser(), split, classes=classes, num_workers=cfg.num_workers
-    )
-    limit = cfg.train_limit if split == "train" else cfg.test_limit
-    return _limit(folder, limit, seed=seed, split=split)
-
-
-def _prepare_lazy(config: RunConfig) -> PreparedData:
-    """:func:`prepare_data` for ``data.lazy``: only file names and labels are read now."""
-    cfg = config.data
-    full = _open_lazy(cfg, "train", seed=config.seed)
-    if cfg.val_size >= len(full):
-        raise ConfigError(
-            f"config field 'data.val_size' ({cfg.val_size}) must be smaller than the "
-            f"training set ({len(full)} images)"
-        )
-    train_index, val_index = spos_data.holdout_split(
-        full.labels, size=cfg.val_size, seed=config.seed
-    )
-    train = full.subset(train_index)
-    generator = torch.Generator().manual_seed(seed_from(config.seed, "normalisation-images"))
-    sample = torch.randperm(len(train), generator=generator)[:LAZY_STATS_IMAGES].sort().values
-    images = train.load_batch(sample, size=cfg.input_size, train=False)
-    mean, std = spos_data.channel_stats(images)
-    return PreparedData(
-        train=train,
-        val=full.subset(val_index),
-        mean=mean,
-        std=std,
-        num_classes=len(full.classes),
-        channels=3,
-        image_size=cfg.input_size,
-    )
-
-
-def prepare_data(config: RunConfig) -> PreparedData:
-    """Load the training set, hold out the fixed validation split, compute channel stats."""
-    if config.data.lazy:
-        return _prepare_lazy(config)
-    full = _load_split(config.data, "train", seed=config.seed)
-    if config.data.val_size >= len(full):
-        raise ConfigError(
-            f"config field 'data.val_size' ({config.data.val_size}) must be smaller than the "
-            f"training set ({len(full)} images)"
-        )
-    train_index, val_index = spos_data.holdout_split(
-        full.labels, size=config.data.val_size, seed=config.seed
-    )
-    train, val = full.subset(train_index), full.subset(val_index)
-    mean, std = spos_data.channel_stats(train.images)
-    return PreparedData(
-        train=train,
-        val=val,
-        mean=mean,
-        std=std,
-        num_classes=len(full.classes),
-        channels=int(full.images.shape[1]),
-        image_size=int(full.images.shape[-1]),
-    )
-
-
-#: In-memory datasets up to this size go onto the GPU whole (CIFAR-10: 150 MB); larger
-#: ones stay in pinned host memory so the per-batch copy is asynchronous.
-GPU_RESIDENT_BYTES = 4 * 2**30
-
-
-def place_dataset(dataset: spos_data.ArrayDataset, runtime: Runtime) -> spos_data.ArrayDataset:
-    """Where a dataset should live for ``runtime``: unchanged on CPU; on CUDA on the GPU if
-    it is small (indexing, augmentation and normalisation then never leave the GPU), else
-    pinned host memory. A lazily read dataset is returned unchanged."""
-    if runtime.device.type != "cuda" or not isinstance(dataset, spos_data.ArrayDataset):
-        return dataset
-    size = dataset.images.numel() * dataset.images.element_size()
-    if size <= GPU_RESIDENT_BYTES:
-        return dataset.to(runtime.device)
-    return spos_data.ArrayDataset(
-        dataset.images.pin_memory(), dataset.labels.pin_memory(), dataset.classes
-    )
-
-
-def load_test_split(
-    config: RunConfig, *, classes: Any = None
-) -> spos_data.ArrayDataset | spos_data.LazyImageFolder:
-    """The test split: only the final report reads it (SPEC section 4).
-
-    With ``data.lazy`` a folder view (``test/`` or ImageNet's ``val/``); pass the training
-    ``classes`` so that its labels follow the training label order.
-    """
-    if config.data.lazy:
-        return _open_lazy(config.data, "test", seed=config.seed, classes=classes)
-    return _load_split(config.data, "test", seed=config.seed)
-
-
-def train_stream(
-    config: RunConfig,
-    data: PreparedData,
-    runtime: Runtime,
-    *,
-    batch_size: int,
-    seed: int,
-) -> spos_data.BatchStream:
-    """The augmented, resumable, rank-sharded training stream of a stage.
-
-    In memory: pad + random crop + flip (``data.crop_padding``, ``data.flip``). With
-    ``data.lazy``: decode per batch with RandomResizedCrop + flip (+ colour jitter, lighting),
-    the next batch prefetched in the background. Either way a batch is a function of
-    ``(seed, epoch, position)`` and of the global batch only.
-    """
-    cfg = config.data
-    common = dict(
-        batch_size=batch_size, seed=seed, rank=runtime.rank, world_size=runtime.world_size
-    )
-    if isinstance(data.train, spos_data.LazyImageFolder):
-        loader = functools.partial(
-            data.train.load_batch,
-            size=data.image_size,
-            train=True,
-            scale=(cfg.crop_min_scale, 1.0),
-            flip=cfg.flip,
-            color_jitter=cfg.color_jitter,
-            lighting=cfg.lighting,
-        )
-        return spos_data.BatchStream(data.train, loader=loader, prefetch=True, **common)
-    augment = functools.partial(
-        spos_data.random_crop_flip, padding=cfg.crop_padding, flip=cfg.flip
-    )
-    return spos_data.BatchStream(data.train, augment=augment, **common)
-
-
-def eval_batches(
-    dataset: spos_data.ArrayDataset | spos_data.LazyImageFolder,
-    data: PreparedData,
-    *,
-    batch_size: int,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """In-order uint8 evaluation batches ``(images, labels)`` (lazy data: resize + centre crop)."""
-    return spos_data.iterate_batches(dataset, batch_size=batch_size, size=data.image_size)
 
 
 def load_plugins(paths: list[str]) -> None:
@@ -327,180 +108,61 @@ def build_space(config: RunConfig, data: PreparedData | None = None) -> SearchSp
     return create_space(config.space.name, **updates) if updates else space
 
 
-def make_sgd(
-    model: nn.Module, *, lr: float, momentum: float, nesterov: bool, weight_decay: float
-) -> torch.optim.SGD:
-    """SGD with weight decay on conv and linear weights only (official recipe).
+def open_for_scoring(
+    config: RunConfig, payload: dict[str, Any], checkpoint_path: Path, runtime: Runtime
+) -> ScoringSession:
+    """A trained supernet checkpoint made ready to score paths as search does.
 
-    Parameters whose gradient is None in a step (candidates off the sampled path) get no
-    update at all: torch's SGD skips them, so no decay and no stale momentum step.
+    The space is checked against the checkpoint, the supernet is in eval mode on the device,
+    ``fingerprint`` is the hash of its weights, and ``scorer`` uses the ``search`` section's
+    recalibration/validation images and score metric.
     """
-    decay, no_decay = [], []
-    for parameter in model.parameters():
-        (decay if parameter.ndim > 1 else no_decay).append(parameter)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
+    data = prepare_data(config.data, seed=config.seed)
+    space = check_space(payload, build_space(config, data), path=checkpoint_path)
+    supernet = build_supernet(space)
+    supernet.load_state_dict(payload["state"]["model"])
+    fingerprint = state_dict_sha256(supernet.state_dict())
+    supernet = supernet.to(runtime.device)
+    if config.runtime.channels_last:
+        supernet = supernet.to(memory_format=torch.channels_last)
+    supernet.eval()
+    return ScoringSession(space, supernet, fingerprint, config, data, runtime)
 
 
-def learning_rate(step: int, *, total: int, peak: float, warmup: int, schedule: str) -> float:
-    """Learning rate at ``step`` (0-based): linear warm-up, then linear or cosine decay to 0."""
-    if warmup and step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    if schedule == "cosine":
-        return 0.5 * peak * (1 + math.cos(math.pi * progress))
-    return peak * (1 - progress)
+def write_run_facts(run: RunDir, space: SearchSpace, costs: CostModel, runtime: Runtime) -> None:
+    """Write the run's fixed facts, ``space.json`` and ``cost_table.json`` (main rank only),
+    unless the run directory already holds them unchanged. The first stage calls it; later
+    stages read them with :func:`run_costs` instead of measuring the space again."""
+    if not runtime.is_main:
+        return
+    for path, data in ((run.space_json, space.to_dict()), (run.cost_table, costs.to_dict())):
+        if _read_json(path) != data:
+            write_json(path, data)
 
 
-class MetricsLog:
-    """Append-only ``metrics.jsonl`` (and TensorBoard) on the main rank.
+def run_costs(run: RunDir, space: SearchSpace, runtime: Runtime) -> CostModel:
+    """The cost table of ``space`` from the run's ``cost_table.json``.
 
-    On resume, records past the checkpoint's step are dropped so the file reads as one run.
+    The table is used when the run's ``space.json`` describes ``space`` exactly (layout
+    included). A run directory written before these files existed gets them now (measured and
+    written); facts of another space (another config, ``--supernet`` from elsewhere) are left
+    alone and ``space`` is measured instead.
     """
-
-    def __init__(self, run_dir: Path, *, enabled: bool, resume_step: int) -> None:
-        self.path = run_dir / "metrics.jsonl"
-        self.enabled = enabled
-        self.writer = None
-        if not enabled:
-            return
-        if self.path.exists():
-            kept = [
-                line
-                for line in self.path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= resume_step
-            ]
-            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step + 1)
-        except ImportError:  # TensorBoard is optional; metrics.jsonl is the record
-            self.writer = None
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            step = int(record.get("step", 0))
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self.writer.add_scalar(key, value, step)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+    stored_space, table = _read_json(run.space_json), _read_json(run.cost_table)
+    if stored_space is None and table is None:
+        costs = CostModel.from_space(space)
+        write_run_facts(run, space, costs, runtime)
+        return costs
+    if stored_space != space.to_dict() or table is None:
+        log.info("%s does not hold the cost table of this space; measuring it", run.path)
+        return CostModel.from_space(space)
+    costs = CostModel.from_dict(table)
+    costs.check_space(space)
+    return costs
 
 
-def read_summary(run_dir: Path) -> dict[str, Any]:
-    """``summary.json`` of a run: one section per finished stage (empty if none)."""
-    path = Path(run_dir) / "summary.json"
-    if not path.exists():
-        return {}
+def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return {}
-
-
-def update_summary(run_dir: Path, section: str, data: dict[str, Any]) -> None:
-    """Set one stage's section of ``summary.json``, keeping the other stages' sections."""
-    summary = read_summary(run_dir)
-    summary[section] = data
-    write_json(Path(run_dir) / "summary.json", summary)
-
-
-def start_run(config: RunConfig, run_dir: Path, runtime: Runtime) -> None:
-    """Create the run directory and save the resolved config (main rank only)."""
-    if runtime.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / "config.yaml")
-    runtime.barrier()
-
-
-class TrainingWindow:
-    """Loss, accuracy and throughput accumulated between two metrics lines.
-
-    ``train_seconds`` sums the time of every flushed window, so evaluation time that the
-    caller excludes with :meth:`restart_clock` never counts as training time.
-    """
-
-    def __init__(self, train_seconds: float = 0.0) -> None:
-        self.train_seconds = train_seconds
-        self._reset()
-
-    def _reset(self) -> None:
-        self.loss_sum, self.correct, self.images = 0.0, 0, 0
-        self.grad_norms: list[float] = []
-        self.clock = Stopwatch()
-
-    def add(
-        self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, *, grad_norm: torch.Tensor | None = None
-    ) -> None:
-        """Count one step; ``grad_norm`` (the step's pre-clip gradient norm, the same on every
-        rank) is logged as the window's mean and max when given."""
-        self.loss_sum += float(loss.detach()) * labels.numel()
-        self.correct += int((logits.argmax(1) == labels).sum())
-        self.images += labels.numel()
-        if grad_norm is not None:
-            self.grad_norms.append(float(grad_norm))
-
-    def restart_clock(self) -> None:
-        self.clock = Stopwatch()
-
-    def flush(self, *, step: int, lr: float, runtime: Runtime) -> dict[str, Any]:
-        """The metrics line of the window over all ranks; starts a new window.
-
-        A collective under torchrun (every rank must call it at the same step): loss,
-        accuracy and image counts are summed over ranks, so the line describes the global
-        batch, as a single process would log it. Seconds are this rank's.
-        """
-        seconds = self.clock()
-        self.train_seconds += seconds
-        totals = torch.tensor([self.loss_sum, float(self.correct), float(self.images)], dtype=torch.float64)
-        loss_sum, correct, images = runtime.all_reduce_sum(totals.to(runtime.device)).tolist()
-        record = {
-            "step": step,
-            "loss": loss_sum / max(1.0, images),
-            "train_acc": 100.0 * correct / max(1.0, images),
-            "lr": lr,
-            "images_per_s": images / max(seconds, 1e-9),
-        }
-        if self.grad_norms:
-            record["grad_norm"] = sum(self.grad_norms) / len(self.grad_norms)
-            record["grad_norm_max"] = max(self.grad_norms)
-        self._reset()
-        return record
-
-
-class Stopwatch:
-    """Wall-clock seconds since construction (``time.perf_counter``)."""
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-
-    def __call__(self) -> float:
-        return time.perf_counter() - self.start
-
-
-def score_sharded(
-    archs: Sequence[Arch],
-    score: Callable[[Arch], float],
-    runtime: Runtime,
-    *,
-    on_score: Callable[[Arch, float], None] | None = None,
-) -> dict[str, float]:
-    """Score ``archs`` split across ranks (rank r takes every world_size-th); gather on all."""
-    mine: dict[str, float] = {}
-    for arch in list(archs)[runtime.rank :: runtime.world_size]:
-        mine[arch.key] = value = score(arch)
-        if on_score is not None:
-            on_score(arch, value)
-    gathered: dict[str, float] = {}
-    for shard in runtime.all_gather_objects(mine):
-        gathered.update(shard)
-    return gathered
+    except (OSError, json.JSONDecodeError):
+        return None

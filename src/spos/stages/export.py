@@ -44,19 +44,18 @@ from spos.childnet import build_child
 from spos.config import RunConfig
 from spos.cost import CostModel
 from spos.data import LazyImageFolder
+from spos.data.prepare import load_test_split
 from spos.dist import Runtime
 from spos.errors import CheckpointError, ConfigError, DataError, SposError
 from spos.io import atomic_write_text, write_json
+from spos.rundir import RunDir, update_summary
 from spos.space import SearchSpace
-from spos.stages.common import load_test_split, update_summary
-from spos.stages.retrain import CHECKPOINT_NAME, RETRAIN_DIR
+from spos.stages.common import run_costs
 
-__all__ = ["run", "EXPORT_DIR", "TOLERANCE", "ONNX_OPSET"]
+__all__ = ["run", "TOLERANCE", "ONNX_OPSET"]
 
 log = logging.getLogger(__name__)
 
-EXPORT_DIR = "export"
-"""Sub-directory of the run directory holding the bundle."""
 TOLERANCE = 1e-4
 """Largest allowed absolute difference between exported and PyTorch logits."""
 ONNX_OPSET = 17
@@ -102,7 +101,7 @@ def _check_batches(
     generator = torch.Generator().manual_seed(0)
     batches = {"random": torch.randn(_RANDOM_BATCH, *input_shape, generator=generator)}
     try:
-        test = load_test_split(config)
+        test = load_test_split(config.data, seed=config.seed)
     except DataError as exc:  # exporting away from the data: the random batch still checks
         log.warning("no test images to check the export on (%s); using random inputs only", exc)
         return batches
@@ -327,6 +326,7 @@ def _write_bundle(
     space: SearchSpace,
     arch: Arch,
     preprocess: dict[str, Any],
+    costs: CostModel,
 ) -> dict[str, Any]:
     """Write and verify every file of the bundle into ``folder``; return the figures."""
     from safetensors.torch import save_file
@@ -337,7 +337,7 @@ def _write_bundle(
         reference = {name: child(inputs) for name, inputs in batches.items()}
     example = torch.randn(_TRACE_BATCH, *input_shape, generator=torch.Generator().manual_seed(1))
 
-    arch.save(folder / "arch.json", costs=CostModel.from_space(space).costs(arch))
+    arch.save(folder / "arch.json", costs=costs.costs(arch))
     tensors = {key: value.detach().contiguous() for key, value in child.state_dict().items()}
     save_file(
         tensors,
@@ -425,8 +425,8 @@ def run(config: RunConfig, run_dir: Path, *, runtime: Runtime) -> dict[str, Any]
         SposError: ONNX support is not installed, or an exported model disagrees with the
             PyTorch model by more than :data:`TOLERANCE`.
     """
-    run_dir = Path(run_dir)
-    child, space, arch, preprocess = _load_child(run_dir / RETRAIN_DIR / CHECKPOINT_NAME)
+    run = RunDir(run_dir)
+    child, space, arch, preprocess = _load_child(run.child_ckpt)
     for module in ("onnx", "onnxruntime"):
         if importlib.util.find_spec(module) is None:
             raise SposError(
@@ -435,16 +435,17 @@ def run(config: RunConfig, run_dir: Path, *, runtime: Runtime) -> dict[str, Any]
             )
     summary: dict[str, Any] = {}
     if runtime.is_main:
-        target = run_dir / EXPORT_DIR
-        staging = Path(tempfile.mkdtemp(dir=run_dir, prefix=f".{EXPORT_DIR}."))
+        target = run.export_dir
+        staging = Path(tempfile.mkdtemp(dir=run.path, prefix=f".{target.name}."))
         os.chmod(staging, 0o755)  # mkdtemp makes it private; the bundle is meant to be shared
         try:
-            summary = _write_bundle(staging, config, child, space, arch, preprocess)
+            costs = run_costs(run, space, runtime)
+            summary = _write_bundle(staging, config, child, space, arch, preprocess, costs)
             for path in staging.iterdir():
                 path.chmod(0o644)  # atomic writes create private files
             if target.exists():
-                retired = Path(tempfile.mkdtemp(dir=run_dir, prefix=f".{EXPORT_DIR}.old."))
-                target.rename(retired / EXPORT_DIR)
+                retired = Path(tempfile.mkdtemp(dir=run.path, prefix=f".{target.name}.old."))
+                target.rename(retired / target.name)
                 staging.rename(target)
                 shutil.rmtree(retired, ignore_errors=True)
             else:
@@ -452,7 +453,7 @@ def run(config: RunConfig, run_dir: Path, *, runtime: Runtime) -> dict[str, Any]
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         summary["files"] = sorted(path.name for path in target.iterdir())
-        update_summary(run_dir, "export", summary)
+        update_summary(run, "export", summary)
         log.info("exported %s to %s", arch.short(), target)
     summary = runtime.broadcast_object(summary)
     runtime.barrier()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -25,39 +24,20 @@ from typing import Any
 from spos.arch import Arch
 from spos.checkpoint import load_checkpoint
 from spos.config import RunConfig
-from spos.cost import CostModel
 from spos.dist import Runtime
+from spos.errors import ConfigError
 from spos.groundtruth import GroundTruth
 from spos.io import atomic_write_text, write_json
+from spos.rundir import RunDir, update_summary
+from spos.scoring import CachedScorer
 from spos.space import make_rng
-from spos.stages.common import (
-    ProgressFactory,
-    Stopwatch,
-    null_progress,
-    score_sharded,
-    update_summary,
-)
-from spos.stages.train_supernet import CHECKPOINT_NAME, open_for_scoring
+from spos.stages.common import ProgressFactory, null_progress, open_for_scoring, run_costs
 from spos.stats import option_bias, rank_correlations
+from spos.train import Stopwatch
 
 __all__ = ["run"]
 
 log = logging.getLogger(__name__)
-
-
-def _read_cache(path: Path, fingerprint: str, settings: dict[str, Any]) -> dict[str, float]:
-    """Scores cached for these weights *and* these scoring settings (other lines are ignored)."""
-    cache: dict[str, float] = {}
-    if not path.exists():
-        return cache
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill: rescore that arch
-        if record.get("supernet") == fingerprint and record.get("settings") == settings:
-            cache[str(record["key"])] = float(record["score"])
-    return cache
 
 
 def _option_counts(archs: list[Arch]) -> dict[str, list[int]]:
@@ -71,28 +51,30 @@ def run(
     run_dir: Path,
     *,
     runtime: Runtime,
-    ground_truth: Path,
-    column: str,
     num_archs: int,
     progress: ProgressFactory = null_progress,
     supernet_path: Path | None = None,
 ) -> dict[str, Any]:
-    """Rank ``num_archs`` ground-truth architectures with the supernet of ``run_dir``."""
+    """Rank ``num_archs`` architectures of ``config.ground_truth`` with the supernet of ``run_dir``."""
+    if not config.ground_truth.path:
+        raise ConfigError(
+            "spos rank needs true accuracies: give --ground-truth CSV --column NAME, or set "
+            "ground_truth.path and ground_truth.column in the config"
+        )
     cfg = config.search
-    run_dir = Path(run_dir)
-    checkpoint_path = Path(supernet_path) if supernet_path else run_dir / CHECKPOINT_NAME
+    run = RunDir(run_dir)
+    checkpoint_path = Path(supernet_path) if supernet_path else run.supernet_ckpt
     payload = load_checkpoint(checkpoint_path, kind="supernet", map_location="cpu")
     session = open_for_scoring(config, payload, checkpoint_path, runtime)
     space, fingerprint, scorer = session.space, session.fingerprint, session.scorer
-    truth = GroundTruth.load(ground_truth, space, column)
+    column = str(config.ground_truth.column)
+    truth = GroundTruth.load(Path(config.ground_truth.path), space, column)
     indices = truth.sample(num_archs, make_rng(config.seed, "rank-archs"))
     archs = [truth.archs[i] for i in indices]
     true_values = [truth.values[i] for i in indices]
 
-    out_dir = run_dir / "rank"
     if runtime.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    cache_path = out_dir / "scores.jsonl"
+        run.rank_dir.mkdir(parents=True, exist_ok=True)
     # A score depends on the weights and on how it is measured: both key the cache.
     settings = {
         "score": cfg.score,
@@ -101,36 +83,26 @@ def run(
         "batch_size": cfg.batch_size,
         "seed": config.seed,
     }
-    cache = _read_cache(cache_path, fingerprint, settings) if runtime.is_main else {}
-    cache = runtime.broadcast_object(cache)
-    todo = [arch for arch in archs if arch.key not in cache]
+    cache = CachedScorer(
+        scorer.score, store=run.rank_scores, tag={"supernet": fingerprint, "settings": settings}, runtime=runtime
+    )
+    todo = cache.missing(archs)
     bar = (
         progress(total=len(archs), initial=len(archs) - len(todo), description="rank")
         if runtime.is_main
         else null_progress(total=len(archs))
     )
-    handle = cache_path.open("a") if runtime.is_main else None
-
-    def record(arch: Arch, value: float) -> None:
-        if handle is not None:
-            handle.write(json.dumps({"key": arch.key, "score": value, "supernet": fingerprint, "settings": settings}) + "\n")
-            handle.flush()
-        bar.update(1)
-
     watch = Stopwatch()
     try:
-        cache.update(score_sharded(todo, scorer.score, runtime, on_score=record))
+        scores = cache.score_many(archs, on_score=lambda arch, value: bar.update(1))
     finally:
-        if handle is not None:
-            handle.close()
         bar.close()
-    scores = [cache[arch.key] for arch in archs]
     figures = rank_correlations(true_values, scores)
     best = max(range(len(archs)), key=lambda i: scores[i])
     bias = option_bias(_option_counts(archs), true_values, scores)
     # What a supernet must beat: ranking by a cost alone (on NAS-Bench-201 the parameter count
     # is a strong zero-cost proxy; Ning et al. 2021 report Kendall tau 0.61 for it).
-    costs = CostModel.from_space(space)
+    costs = run_costs(run, space, runtime)
     baselines = {
         metric: {
             name: round(value, 4)
@@ -158,16 +130,16 @@ def run(
         "points": [[t, s] for t, s in zip(true_values, scores, strict=True)],
     }
     if runtime.is_main:
-        write_json(out_dir / "rank.json", summary)
+        write_json(run.rank_json, summary)
         table = io.StringIO()
         writer = csv.writer(table)
         writer.writerow(["arch", "group", column, "supernet_score"])
         for i, arch, value, score in zip(indices, archs, true_values, scores, strict=True):
             writer.writerow([arch.short(), truth.groups[i], value, score])
-        atomic_write_text(out_dir / "scores.csv", table.getvalue())
+        atomic_write_text(run.rank_csv, table.getvalue())
         from spos.report import write_rank_plot
 
-        write_rank_plot(summary, out_dir / "scatter.png")
-        update_summary(run_dir, "rank", {k: v for k, v in summary.items() if k != "points"})
+        write_rank_plot(summary, run.rank_plot)
+        update_summary(run, "rank", {k: v for k, v in summary.items() if k != "points"})
     runtime.barrier()
     return summary

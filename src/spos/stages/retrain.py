@@ -16,7 +16,8 @@ Under DDP each rank forwards its share and the statistics are averaged across ra
 
 Resuming is exact on CPU, as in the supernet stage: ``retrain/child.ckpt`` (written
 atomically every ``retrain.checkpoint_every`` steps, at the end of training and after BN
-post-processing) holds the model, optimiser, data-stream position and torch RNG, so a run
+post-processing) holds the model, optimiser, data-stream position and the CPU (and CUDA) RNG
+(:class:`spos.train.TrainState`), and refuses another global batch or length, so a run
 killed at any moment and rerun ends bit-identical to an uninterrupted one. A finished stage
 returns its summary without training again. Writes ``retrain/child.ckpt``,
 ``retrain/child.safetensors``, ``retrain/metrics.jsonl`` and the ``retrain`` section of
@@ -26,6 +27,7 @@ returns its summary without training again. Writes ``retrain/child.ckpt``,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 from collections.abc import Iterator
@@ -33,58 +35,43 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from spos import data as spos_data
 from spos.arch import Arch
 from spos.calibrate import recalibrate_bn
-from spos.checkpoint import check_space, load_checkpoint, save_checkpoint, state_dict_sha256
+from spos.checkpoint import check_space, load_checkpoint, state_dict_sha256
 from spos.childnet import build_child, inherit_weights
-from spos.config import RunConfig, config_to_dict
-from spos.cost import CostModel
-from spos.dist import Runtime
-from spos.errors import ArchError, CheckpointError
-from spos.io import atomic_write_bytes
-from spos.space import SearchSpace
-from spos.stages.common import (
-    MetricsLog,
+from spos.config import RetrainConfig, RunConfig, config_to_dict
+from spos.data.prepare import (
     PreparedData,
-    ProgressFactory,
-    TrainingWindow,
-    build_space,
     eval_batches,
-    learning_rate,
     load_test_split,
-    make_sgd,
-    null_progress,
     place_dataset,
     prepare_data,
-    read_summary,
-    seed_from,
-    start_run,
     train_stream,
-    update_summary,
 )
-from spos.stages.train_supernet import CHECKPOINT_NAME as SUPERNET_CHECKPOINT_NAME
+from spos.dist import Runtime
+from spos.errors import ArchError, CheckpointError, ConfigError
+from spos.io import atomic_write_bytes
+from spos.rundir import RunDir, read_summary, start_run, update_summary
+from spos.space import SearchSpace, seed_from
+from spos.stages.common import ProgressFactory, build_space, null_progress, run_costs
 from spos.supernet import build_supernet
+from spos.train import (
+    Accuracy,
+    MetricsLog,
+    TrainingWindow,
+    TrainState,
+    check_global_batch,
+    evaluate,
+    learning_rate,
+    make_sgd,
+    sgd_step,
+)
 
-__all__ = [
-    "run",
-    "evaluate",
-    "RETRAIN_DIR",
-    "CHECKPOINT_NAME",
-    "WEIGHTS_NAME",
-]
+__all__ = ["run"]
 
 log = logging.getLogger(__name__)
-
-RETRAIN_DIR = "retrain"
-"""Sub-directory of the run directory the stage writes to."""
-CHECKPOINT_NAME = "child.ckpt"
-"""Resumable checkpoint of the child network (kind ``"child"``), under :data:`RETRAIN_DIR`."""
-WEIGHTS_NAME = "child.safetensors"
-"""Final weights (after BN post-processing), under :data:`RETRAIN_DIR`."""
 
 
 def _load_arch(path: Path, space: SearchSpace) -> Arch:
@@ -114,38 +101,57 @@ def _inherit_from_supernet(child: nn.Module, path: Path, space: SearchSpace, arc
     log.info("initialised the child with the weights of %s", path)
 
 
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    dataset: spos_data.ArrayDataset | spos_data.LazyImageFolder,
-    data: PreparedData,
-    runtime: Runtime,
-    *,
-    batch_size: int,
-    channels_last: bool,
-) -> dict[str, float]:
-    """Top-1 and top-5 accuracy (%) of ``model`` in eval mode over ``dataset``.
+def _check_resumable(
+    payload: dict[str, Any], *, run: RunDir, space: SearchSpace, arch: Arch, arch_file: Path,
+    cfg: RetrainConfig, total_steps: int, steps_per_epoch: int,
+) -> None:
+    """Refuse a ``retrain/child.ckpt`` of another space, architecture, global batch or length."""
+    path = run.child_ckpt
+    check_space(payload, space, path=path)
+    state = payload["state"]
+    stored_arch = Arch.from_json(state["arch"])
+    if payload["space_fingerprint"] != space.fingerprint() or stored_arch != arch:
+        raise CheckpointError(
+            f"{path} retrains {stored_arch.short()} in another layout or "
+            f"architecture than {arch_file} ({arch.short()}); delete {run.retrain_dir} to retrain "
+            "from scratch, or use a new run directory"
+        )
+    check_global_batch(payload, cfg.batch_size, section="retrain", path=path)
+    if int(state["total_steps"]) != total_steps:
+        raise CheckpointError(
+            f"{path} was started for {state['total_steps']} steps but the config "
+            f"asks for {total_steps} ({cfg.epochs} epochs of {steps_per_epoch}); restore "
+            f"retrain.epochs and retrain.batch_size, or delete {run.retrain_dir} to start over"
+        )
 
-    Returns:
-        ``{"top1": ..., "top5": ..., "images": ...}``; with fewer than 5 classes "top-5" is
-        top-``num_classes`` (100%).
-    """
-    was_training = model.training
-    model.eval()
-    k = min(5, data.num_classes)
-    hits_top1 = hits_topk = total = 0
-    for images, labels in eval_batches(dataset, data, batch_size=batch_size):
-        logits = model(data.to_float(images, runtime, channels_last=channels_last))
-        hits = logits.topk(k, dim=1).indices == labels.to(runtime.device)[:, None]
-        hits_top1 += int(hits[:, 0].sum())
-        hits_topk += int(hits.any(dim=1).sum())
-        total += int(labels.numel())
-    model.train(was_training)
-    return {
-        "top1": 100.0 * hits_top1 / max(1, total),
-        "top5": 100.0 * hits_topk / max(1, total),
-        "images": total,
-    }
+
+def _evaluate_split(
+    model: nn.Module, dataset: Any, data: PreparedData, runtime: Runtime, *, batch_size: int, channels_last: bool
+) -> Accuracy:
+    """Top-1 and top-5 accuracy of ``model`` on ``dataset`` (top-``num_classes`` below 5 classes)."""
+    batches = (
+        (data.to_float(images, runtime, channels_last=channels_last), labels.to(runtime.device))
+        for images, labels in eval_batches(dataset, data, batch_size=batch_size)
+    )
+    return evaluate(model, batches, k=min(5, data.num_classes))
+
+
+def _bn_postprocess(
+    child: nn.Module, config: RunConfig, data: PreparedData, runtime: Runtime, *, seed: int, steps: int, channels_last: bool
+) -> None:
+    """BN statistics as the cumulative average over one epoch of augmented training batches
+    (the official release's epoch at learning rate 0), averaged across ranks."""
+    stream = train_stream(
+        config.data, data, runtime, batch_size=config.retrain.batch_size, seed=seed_from(seed, "retrain-bn-postprocess")
+    )
+
+    def batches() -> Iterator[torch.Tensor]:
+        for _ in range(steps):
+            images, _ = next(stream)
+            yield data.to_float(images, runtime, channels_last=channels_last)
+
+    count = recalibrate_bn(child, batches(), all_reduce=runtime.all_reduce_sum if runtime.distributed else None)
+    log.info("BN post-processing: statistics recomputed over %d training images", count)
 
 
 def _save_weights(path: Path, child: nn.Module, *, space: SearchSpace, arch: Arch) -> None:
@@ -159,6 +165,52 @@ def _save_weights(path: Path, child: nn.Module, *, space: SearchSpace, arch: Arc
         "arch": json.dumps(arch.to_json()),
     }
     atomic_write_bytes(path, save(tensors, metadata=metadata))
+
+
+def _preprocess(config: RunConfig, data: PreparedData) -> dict[str, Any]:
+    """What a deployed model needs to know about its inputs (export writes it out)."""
+    return {
+        "mean": data.mean.tolist(),
+        "std": data.std.tolist(),
+        "channels": data.channels,
+        "image_size": data.image_size,
+        "pad_to": config.data.pad_to,
+        "classes": list(data.train.classes),
+    }
+
+
+def _summary(
+    config: RunConfig, arch: Arch, space: SearchSpace, *, test: Accuracy, val: Accuracy, costs: dict[str, Any],
+    steps: int, seconds: float, last_val_acc: float | None, weights: dict[str, torch.Tensor],
+) -> dict[str, Any]:
+    """The ``retrain`` section of ``summary.json``."""
+    cfg = config.retrain
+    return {
+        "arch": arch.short(),
+        "space": space.name,
+        "init": cfg.init,
+        "seed": config.seed if cfg.seed is None else cfg.seed,
+        "epochs": cfg.epochs,
+        "steps": steps,
+        "batch_size": cfg.batch_size,
+        "test_top1": test.top1,
+        "test_top5": test.topk,
+        "test_images": test.images,
+        "val_top1": val.top1,
+        "val_top1_before_bn_postprocess": last_val_acc if cfg.bn_postprocess else None,
+        "bn_postprocess": cfg.bn_postprocess,
+        "flops": int(costs["flops"]),
+        "params": int(costs["params"]),
+        "params_total": int(costs["params_total"]),
+        "seconds": round(seconds, 2),
+        "images_per_s": round(steps * cfg.batch_size / max(seconds, 1e-9), 1),
+        "weights_sha256": state_dict_sha256(weights),
+    }
+
+
+def _run_settings(config: RunConfig) -> tuple[bool, int]:
+    """The run-wide memory format and metrics interval, shared by every training stage."""
+    return config.runtime.channels_last, config.runtime.log_every
 
 
 def run(
@@ -186,226 +238,123 @@ def run(
         CheckpointError: ``retrain/child.ckpt`` is corrupted or belongs to another
             architecture, space or schedule; or ``init=inherit`` lacks the supernet checkpoint.
     """
-    cfg = config.retrain
+    cfg, optim = config.retrain, config.retrain.optim
     retrain_seed = config.seed if cfg.seed is None else cfg.seed
-    channels_last = config.supernet.channels_last
-    run_dir = Path(run_dir)
-    out_dir = run_dir / RETRAIN_DIR
-    checkpoint_path = out_dir / CHECKPOINT_NAME
-    arch_file = Path(arch_path) if arch_path is not None else run_dir / "arch.json"
-    data = prepare_data(config)
+    channels_last, log_every = _run_settings(config)
+    run = RunDir(run_dir)
+    arch_file = Path(arch_path) if arch_path is not None else run.arch_json
+    data = prepare_data(config.data, seed=config.seed)
     data = dataclasses.replace(
         data, train=place_dataset(data.train, runtime), val=place_dataset(data.val, runtime)
     )
     space = build_space(config, data)
     arch = _load_arch(arch_file, space)
-    stream = train_stream(
-        config,
-        data,
-        runtime,
-        batch_size=cfg.batch_size,
-        seed=seed_from(retrain_seed, "retrain-data"),
-    )
+    stream = train_stream(config.data, data, runtime, batch_size=cfg.batch_size, seed=seed_from(retrain_seed, "retrain-data"))
     steps_per_epoch = stream.steps_per_epoch
     total_steps = cfg.epochs * steps_per_epoch
-
+    if optim.warmup_steps >= total_steps:
+        raise ConfigError(
+            f"config field 'retrain.optim.warmup_steps' ({optim.warmup_steps}) must be below the "
+            f"{total_steps} retraining steps ({cfg.epochs} epochs of {steps_per_epoch})"
+        )
     # Check an existing checkpoint before writing anything, so a bad one costs nothing.
     payload = None
-    if checkpoint_path.exists():
-        payload = load_checkpoint(checkpoint_path, kind="child", map_location="cpu")
-        check_space(payload, space, path=checkpoint_path)
-        state = payload["state"]
-        stored_arch = Arch.from_json(state["arch"])
-        if payload["space_fingerprint"] != space.fingerprint() or stored_arch != arch:
-            raise CheckpointError(
-                f"{checkpoint_path} retrains {stored_arch.short()} in another layout or "
-                f"architecture than {arch_file} ({arch.short()}); delete {out_dir} to retrain "
-                "from scratch, or use a new run directory"
-            )
-        if int(state["total_steps"]) != total_steps:
-            raise CheckpointError(
-                f"{checkpoint_path} was started for {state['total_steps']} steps but the config "
-                f"asks for {total_steps} ({cfg.epochs} epochs of {steps_per_epoch}); restore "
-                f"retrain.epochs and retrain.batch_size, or delete {out_dir} to start over"
-            )
-        finished = read_summary(run_dir).get("retrain")
-        if state.get("finished") and finished is not None:
+    if run.child_ckpt.exists():
+        payload = load_checkpoint(run.child_ckpt, kind="child", map_location="cpu")
+        _check_resumable(
+            payload, run=run, space=space, arch=arch, arch_file=arch_file, cfg=cfg,
+            total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+        )
+        finished = read_summary(run).get("retrain")
+        if payload["state"].get("finished") and finished is not None:
             return finished
-    start_run(config, run_dir, runtime)
+    start_run(config, run, runtime)
     if runtime.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        run.retrain_dir.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(seed_from(retrain_seed, "retrain-init"))
     child = build_child(space, arch)
     if payload is None and cfg.init == "inherit":
-        _inherit_from_supernet(child, run_dir / SUPERNET_CHECKPOINT_NAME, space, arch)
+        _inherit_from_supernet(child, run.supernet_ckpt, space, arch)
     # Dropout draws from here on: the same stream whichever way the weights were initialised.
     torch.manual_seed(seed_from(retrain_seed, "retrain-train"))
     child = child.to(runtime.device)
     if channels_last:
         child = child.to(memory_format=torch.channels_last)
     model = runtime.wrap(child)
-    optimizer = make_sgd(
-        child, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
-    )
-    preprocess = {
-        "mean": data.mean.tolist(),
-        "std": data.std.tolist(),
-        "channels": data.channels,
-        "image_size": data.image_size,
-        "pad_to": config.data.pad_to,
-        "classes": list(data.train.classes),
-    }
-
-    step, train_seconds = 0, 0.0
+    optimizer = make_sgd(child, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov, weight_decay=optim.weight_decay)
+    state = TrainState(child, optimizer, stream, device=runtime.device)
     bn_postprocessed, last_val_acc = False, None
     if payload is not None:
-        state = payload["state"]
-        child.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        stream.load_state_dict(state["stream"])
-        torch.set_rng_state(state["torch_rng"].cpu())
-        if runtime.device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), runtime.device)
-        step, train_seconds = int(payload["step"]), float(state["train_seconds"])
-        bn_postprocessed, last_val_acc = bool(state["bn_postprocessed"]), state["last_val_acc"]
-        log.info("resuming retraining from step %d of %d", step, total_steps)
+        saved = state.load(payload)
+        bn_postprocessed, last_val_acc = bool(saved["bn_postprocessed"]), saved["last_val_acc"]
+        log.info("resuming retraining from step %d of %d", state.step, total_steps)
+    preprocess = _preprocess(config, data)
 
-    def save(at_step: int, *, finished: bool) -> None:
-        if not runtime.is_main:
-            return
-        state = {
-            "model": child.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "stream": stream.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "train_seconds": window.train_seconds,
-            "arch": arch.to_json(),
-            "init": cfg.init,
-            "total_steps": total_steps,
-            "bn_postprocessed": bn_postprocessed,
-            "finished": finished,
-            "last_val_acc": last_val_acc,
-            "preprocess": preprocess,
-        }
-        if runtime.device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(runtime.device)
-        save_checkpoint(
-            checkpoint_path,
-            kind="child",
-            space=space,
-            config=config_to_dict(config),
-            step=at_step,
-            state=state,
-        )
+    def save(*, finished: bool) -> None:
+        state.train_seconds = window.train_seconds
+        if runtime.is_main:
+            extra = {
+                "arch": arch.to_json(),
+                "init": cfg.init,
+                "total_steps": total_steps,
+                "global_batch": cfg.batch_size,
+                "bn_postprocessed": bn_postprocessed,
+                "finished": finished,
+                "last_val_acc": last_val_acc,
+                "preprocess": preprocess,
+            }
+            state.save(run.child_ckpt, kind="child", space=space, config=config_to_dict(config), extra=extra)
 
-    eval_batch_size = max(256, cfg.batch_size)
-    metrics = MetricsLog(out_dir, enabled=runtime.is_main, resume_step=step)
-    bar = (
-        progress(total=total_steps, initial=step, description="retrain")
-        if runtime.is_main
-        else null_progress(total=total_steps)
-    )
-    log_every = config.supernet.log_every
-    window = TrainingWindow(train_seconds)
-    autocast = runtime.autocast(cfg.amp)
+    def evaluate_on(dataset: Any) -> Accuracy:
+        return _evaluate_split(child, dataset, data, runtime, batch_size=max(256, cfg.batch_size), channels_last=channels_last)
+
+    metrics = MetricsLog(run.retrain_metrics, tensorboard_dir=run.retrain_tensorboard, enabled=runtime.is_main, resume_step=state.step)
+    bar = progress(total=total_steps, initial=state.step, description="retrain") if runtime.is_main else null_progress(total=total_steps)
+    window = TrainingWindow(state.train_seconds)
+    autocast = runtime.autocast(config.runtime.amp)
+    clip = functools.partial(torch.nn.utils.clip_grad_norm_, list(child.parameters()), optim.grad_clip) if optim.grad_clip > 0 else None
     model.train()
-    while step < total_steps:
-        lr = learning_rate(step, total=total_steps, peak=cfg.lr, warmup=cfg.warmup_steps, schedule=cfg.schedule)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+    while state.step < total_steps:
+        lr = learning_rate(state.step, total=total_steps, peak=optim.lr, warmup=optim.warmup_steps, schedule=optim.schedule)
         images, labels = next(stream)
-        inputs = data.to_float(images, runtime, channels_last=channels_last)
         labels = labels.to(runtime.device)
+        inputs = data.to_float(images, runtime, channels_last=channels_last)
+        result = sgd_step(model, inputs, labels, optimizer, lr=lr, label_smoothing=optim.label_smoothing, autocast=autocast, before_step=clip)
+        state.step += 1
+        step = state.step
 
-        with autocast:
-            logits = model(inputs)
-            loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        step += 1
-
-        window.add(loss, logits, labels)
+        window.add(result.loss, result.logits, labels)
         epoch_end = step % steps_per_epoch == 0
         if step % log_every == 0 or epoch_end or step == total_steps:
-            record = {
-                **window.flush(step=step, lr=lr, runtime=runtime),
-                "epoch": round(step / steps_per_epoch, 4),
-            }
+            record = {**window.flush(step=step, lr=lr, runtime=runtime), "epoch": round(step / steps_per_epoch, 4)}
             metrics.write(record)
             bar.update(0, loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.0f}")
         if epoch_end and runtime.is_main:
-            last_val_acc = evaluate(
-                child, data.val, data, runtime, batch_size=eval_batch_size, channels_last=channels_last
-            )["top1"]
+            last_val_acc = evaluate_on(data.val).top1
             metrics.write({"step": step, "epoch": step // steps_per_epoch, "val_acc": last_val_acc})
             bar.update(0, val=f"{last_val_acc:.2f}")
             window.restart_clock()  # validation time is not training time
         bar.update(1)
         if step % cfg.checkpoint_every == 0 or step == total_steps:
-            save(step, finished=False)
+            save(finished=False)
     bar.close()
     metrics.close()
 
     if cfg.bn_postprocess and not bn_postprocessed:
-        postprocess_stream = train_stream(
-            config,
-            data,
-            runtime,
-            batch_size=cfg.batch_size,
-            seed=seed_from(retrain_seed, "retrain-bn-postprocess"),
-        )
-
-        def batches() -> Iterator[torch.Tensor]:
-            for _ in range(steps_per_epoch):
-                images, _ = next(postprocess_stream)
-                yield data.to_float(images, runtime, channels_last=channels_last)
-
-        count = recalibrate_bn(
-            child, batches(), all_reduce=runtime.all_reduce_sum if runtime.distributed else None
-        )
+        _bn_postprocess(child, config, data, runtime, seed=retrain_seed, steps=steps_per_epoch, channels_last=channels_last)
         bn_postprocessed = True
-        log.info("BN post-processing: statistics recomputed over %d training images", count)
-    save(step, finished=True)
+    save(finished=True)
 
     summary: dict[str, Any] | None = None
     if runtime.is_main:
-        test = evaluate(
-            child,
-            load_test_split(config, classes=data.train.classes),
-            data,
-            runtime,
-            batch_size=eval_batch_size,
-            channels_last=channels_last,
+        test = evaluate_on(load_test_split(config.data, seed=config.seed, classes=data.train.classes))
+        summary = _summary(
+            config, arch, space, test=test, val=evaluate_on(data.val), costs=run_costs(run, space, runtime).costs(arch),
+            steps=state.step, seconds=window.train_seconds, last_val_acc=last_val_acc, weights=child.state_dict(),
         )
-        val = evaluate(
-            child, data.val, data, runtime, batch_size=eval_batch_size, channels_last=channels_last
-        )
-        costs = CostModel.from_space(space).costs(arch)
-        summary = {
-            "arch": arch.short(),
-            "space": space.name,
-            "init": cfg.init,
-            "seed": retrain_seed,
-            "epochs": cfg.epochs,
-            "steps": step,
-            "batch_size": cfg.batch_size,
-            "test_top1": test["top1"],
-            "test_top5": test["top5"],
-            "test_images": test["images"],
-            "val_top1": val["top1"],
-            "val_top1_before_bn_postprocess": last_val_acc if cfg.bn_postprocess else None,
-            "bn_postprocess": cfg.bn_postprocess,
-            "flops": int(costs["flops"]),
-            "params": int(costs["params"]),
-            "params_total": int(costs["params_total"]),
-            "seconds": round(window.train_seconds, 2),
-            "images_per_s": round(step * cfg.batch_size / max(window.train_seconds, 1e-9), 1),
-            "weights_sha256": state_dict_sha256(child.state_dict()),
-        }
-        _save_weights(out_dir / WEIGHTS_NAME, child, space=space, arch=arch)
-        update_summary(run_dir, "retrain", summary)
+        _save_weights(run.child_weights, child, space=space, arch=arch)
+        update_summary(run, "retrain", summary)
     summary = runtime.broadcast_object(summary)
     runtime.barrier()
     return summary

@@ -19,21 +19,17 @@ from typing import Any
 from spos.arch import Arch
 from spos.checkpoint import load_checkpoint
 from spos.config import RunConfig
-from spos.cost import CostModel, build_constraints
+from spos.constraints import build_constraints
 from spos.dist import Runtime
 from spos.errors import CheckpointError
 from spos.evolution import create_strategy, pareto_front
 from spos.io import atomic_write_text, write_json
+from spos.latency import LatencyTable
+from spos.rundir import RunDir, start_run, update_summary
+from spos.scoring import CachedScorer
 from spos.space import make_rng
-from spos.stages.common import (
-    ProgressFactory,
-    Stopwatch,
-    null_progress,
-    score_sharded,
-    start_run,
-    update_summary,
-)
-from spos.stages.train_supernet import CHECKPOINT_NAME, open_for_scoring
+from spos.stages.common import ProgressFactory, null_progress, open_for_scoring, run_costs
+from spos.train import Stopwatch
 
 __all__ = ["run"]
 
@@ -53,13 +49,14 @@ def _search_one(
     costs_of,
     is_feasible,
     final_score_many,
-    out_dir: Path,
+    out: RunDir,
     fingerprint: str,
     runtime: Runtime,
     progress: ProgressFactory,
 ) -> dict[str, Any]:
-    """Run (or resume) one strategy and write its files under ``out_dir``."""
+    """Run (or resume) one strategy and write its files into ``out``."""
     cfg = config.search
+    tie_metric = cfg.constraints[0].metric if cfg.constraints else "flops"
     strategy = create_strategy(
         name,
         space,
@@ -72,8 +69,11 @@ def _search_one(
         mutation_count=cfg.mutation_count,
         mutation_prob=cfg.mutation_prob,
         crossover_count=cfg.crossover_count,
+        max_tries=cfg.max_tries,
+        # Equal scores go to the cheaper architecture in the first constrained metric.
+        tie_break=lambda arch: float(costs_of(arch).get(tie_metric, 0.0)),
     )
-    state_path = out_dir / "search_state.json"
+    state_path = out.search_state
     if state_path.exists():
         try:
             saved = json.loads(state_path.read_text())
@@ -129,10 +129,10 @@ def _search_one(
     if finalists is not None:
         summary["finalists"] = finalists
     if runtime.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        best_arch.save(out_dir / "arch.json", score=best_score, costs=costs_of(best_arch), strategy=name)
-        _write_history(out_dir / "history.jsonl", history)
-        write_json(out_dir / "pareto.json", {"x": x_metric, "y": "score", "front": [history[i] for i in front]})
+        out.path.mkdir(parents=True, exist_ok=True)
+        best_arch.save(out.arch_json, score=best_score, costs=costs_of(best_arch), strategy=name)
+        _write_history(out.history, history)
+        write_json(out.pareto, {"x": x_metric, "y": "score", "front": [history[i] for i in front]})
     return summary
 
 
@@ -171,22 +171,20 @@ def run(
 ) -> dict[str, Any]:
     """Search the supernet of ``run_dir`` (or ``supernet_path``); return the summary."""
     cfg = config.search
-    run_dir = Path(run_dir)
-    checkpoint_path = Path(supernet_path) if supernet_path else run_dir / CHECKPOINT_NAME
+    run = RunDir(run_dir)
+    checkpoint_path = Path(supernet_path) if supernet_path else run.supernet_ckpt
     payload = load_checkpoint(checkpoint_path, kind="supernet", map_location="cpu")
-    start_run(config, run_dir, runtime)
+    start_run(config, run, runtime)
     session = open_for_scoring(config, payload, checkpoint_path, runtime)
     space, fingerprint, scorer = session.space, session.fingerprint, session.scorer
 
-    costs = CostModel.from_space(space)
-    constraints = build_constraints(
-        cfg.constraints, costs=costs, latency_table=cfg.latency_table, space=space
-    )
-    cache: dict[str, float] = {}  # shared by the strategy and its baseline: one score per arch
-
-    def score_many(archs: list[Arch]) -> list[float]:
-        cache.update(score_sharded([a for a in archs if a.key not in cache], scorer.score, runtime))
-        return [cache[arch.key] for arch in archs]
+    costs = run_costs(run, space, runtime)
+    tables: list[Any] = [costs]
+    if cfg.latency_table is not None:
+        tables.append(LatencyTable.load(cfg.latency_table, space=space))
+    constraints = build_constraints(cfg.constraints, tables)
+    # Shared by the strategy and its baseline: one score per arch.
+    score_many = CachedScorer(scorer.score, runtime=runtime).score_many
 
     def costs_of(arch: Arch) -> dict[str, float]:
         return constraints.costs(arch)
@@ -197,11 +195,8 @@ def run(
             recalibrate_images=cfg.final_recalibrate_images or cfg.recalibrate_images,
             val_images=cfg.final_val_images,
         )
-        final_cache: dict[str, float] = {}  # the strategy and its baseline often share finalists
-
-        def final_score_many(archs: list[Arch]) -> list[float]:
-            final_cache.update(score_sharded([a for a in archs if a.key not in final_cache], final_scorer.score, runtime))
-            return [final_cache[arch.key] for arch in archs]
+        # The strategy and its baseline often share finalists.
+        final_score_many = CachedScorer(final_scorer.score, runtime=runtime).score_many
 
     common = dict(
         config=config,
@@ -214,13 +209,13 @@ def run(
         runtime=runtime,
         progress=progress,
     )
-    result = _search_one(cfg.strategy, out_dir=run_dir, **common)
+    result = _search_one(cfg.strategy, out=run, **common)
     summary: dict[str, Any] = {"stage": "search", **result, "constraints": constraints.describe()}
     if cfg.random_baseline and cfg.strategy != "random":
-        baseline = _search_one("random", out_dir=run_dir / "baseline", **common)
+        baseline = _search_one("random", out=run.baseline, **common)
         summary["baseline"] = baseline
         summary["beats_baseline"] = result["best_score"] >= baseline["best_score"]
     if runtime.is_main:
-        update_summary(run_dir, "search", summary)
+        update_summary(run, "search", summary)
     runtime.barrier()
     return summary

@@ -1,4 +1,4 @@
-"""Torch-free definitions of the block + channel search spaces (SPEC section 2, channel search).
+"""The ShuffleNetV2 block + channel family, torch-free half (SPEC section 2, channel search).
 
 Each of the ``N`` ShuffleNetV2 choice blocks takes two decisions: ``block_XX`` (one of the four
 candidates of the block search) and ``width_XX``, a scale of the block's base mid width
@@ -13,7 +13,8 @@ integers), e.g. :data:`CHANNEL_REFERENCE_ARCH`.
 
 The mid width of a block at scale ``s`` is ``int((out_channels // 2) * s)``, the official
 ShuffleNetV2 OneShot rule (truncation, the float product as written); the supernet allocates
-the largest scale and slices (see :mod:`spos.spaces.channel`).
+the largest scale and slices (see :mod:`spos.spaces.shufflenet_channel_model`, imported the
+first time a supernet is built).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from spos.errors import ConfigError
-from spos.space import Choice, SearchSpace, register_space
-from spos.spaces.catalog import SHUFFLE_CANDIDATES, shufflenet_space, skeleton
+from spos.space import Choice, SearchSpace, register_model_module, register_space
+from spos.spaces.shufflenet import SHUFFLE_CANDIDATES, shufflenet_space, skeleton
 
 __all__ = [
     "CHANNEL_REFERENCE_ARCH",
@@ -32,7 +33,11 @@ __all__ = [
     "WIDTH_SCALES",
     "channel_space",
     "scaled_mid_channels",
+    "shufflenet_channel_cifar",
+    "shufflenet_channel_imagenet",
 ]
+
+register_model_module("shufflenet_channel", "spos.spaces.shufflenet_channel_model")
 
 #: The paper's eight mid-width scales, written as the official code writes them.
 WIDTH_SCALES = (0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6)
@@ -56,7 +61,7 @@ def channel_space(name: str, *, width_scales: Sequence[float], **layout: Any) ->
     Args:
         name: Registry name of the space.
         width_scales: Candidate scales of each block's base mid width (distinct, positive).
-        **layout: The ShuffleNetV2 skeleton, as for :func:`spos.spaces.catalog.shufflenet_space`.
+        **layout: The ShuffleNetV2 skeleton, as for :func:`spos.spaces.shufflenet.shufflenet_space`.
 
     Raises:
         ConfigError: If a scale is not positive, repeats, or gives some block no mid channel.

@@ -1,8 +1,8 @@
-"""The ShuffleNetV2 block + channel family: width-sliced supernet and plain child (SPEC section 2).
+"""The ShuffleNetV2 block + channel family, model half: width-sliced supernet, plain child (SPEC section 2).
 
-Spaces of ``family="shufflenet_channel"`` (see :mod:`spos.spaces.channel_catalog`) choose, per
+Spaces of ``family="shufflenet_channel"`` (see :mod:`spos.spaces.shufflenet_channel`) choose, per
 block, a candidate (``block_XX``) and a mid-width scale (``width_XX``). The skeleton (stem,
-stages, head) is the block search's (:mod:`spos.spaces.shufflenet`).
+stages, head) is the block search's (:mod:`spos.spaces.shufflenet_model`).
 
 Supernet: every candidate of every block is built once at the largest mid width
 ``int((out // 2) * max(width_scales))`` from :class:`~spos.slim.SlicedConv2d` and
@@ -37,8 +37,8 @@ from spos.ops import (
 )
 from spos.slim import SlicedBatchNorm2d, SlicedConv2d, copy_prefix
 from spos.space import SearchSpace
-from spos.spaces.channel_catalog import scaled_mid_channels
-from spos.spaces.shufflenet import block_plan, build_head, build_stem, initialize_official
+from spos.spaces.shufflenet_channel import scaled_mid_channels
+from spos.spaces.shufflenet_model import block_plan, build_head, build_stem, initialize_official
 from spos.supernet import Supernet, register_family
 
 __all__ = [
@@ -230,7 +230,7 @@ def _check_channel_space(space: SearchSpace) -> tuple[list[tuple[int, int, int]]
     if len(labels) % 2 or list(labels) != expected:
         raise ConfigError(
             f"space {space.name!r}: a shufflenet_channel space needs choices block_00.. then "
-            "width_00.. (build it with spos.spaces.channel_catalog.channel_space)"
+            "width_00.. (build it with spos.spaces.shufflenet_channel.channel_space)"
         )
     scales = [float(s) for s in space.layout.get("width_scales", ())]
     if not scales:

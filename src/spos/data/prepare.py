@@ -1,0 +1,250 @@
+"""What a stage needs from the ``data`` config section: datasets, training stream, eval batches.
+
+:func:`prepare_data` loads the training set, holds out the fixed validation split (SPEC
+section 4) and computes the channel statistics; :func:`load_test_split` loads the test split
+that only the final report reads; :func:`train_stream` and :func:`eval_batches` turn a prepared
+dataset into batches. Each takes the ``data`` section (:class:`~spos.config.DataConfig`) and
+the run seed, not the whole run config.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import torch
+
+from spos.data.augment import pad_to, random_crop_flip, to_float
+from spos.data.dataset import ArrayDataset
+from spos.data.lazy import LazyImageFolder
+from spos.data.readers import load_dataset
+from spos.data.stream import BatchStream, channel_stats, holdout_split, iterate_batches
+from spos.errors import ConfigError, DataError
+from spos.space import make_rng
+
+if TYPE_CHECKING:
+    from spos.config import DataConfig
+    from spos.dist import Runtime
+
+__all__ = [
+    "GPU_RESIDENT_BYTES",
+    "LAZY_STATS_IMAGES",
+    "PreparedData",
+    "eval_batches",
+    "load_test_split",
+    "place_dataset",
+    "prepare_data",
+    "train_stream",
+]
+
+#: Training images whose channel statistics normalise a lazily read dataset.
+LAZY_STATS_IMAGES = 1024
+
+#: In-memory datasets up to this size go onto the GPU whole (CIFAR-10: 150 MB); larger
+#: ones stay in pinned host memory so the per-batch copy is asynchronous.
+GPU_RESIDENT_BYTES = 4 * 2**30
+
+_Dataset = TypeVar("_Dataset", ArrayDataset, LazyImageFolder)
+
+
+@dataclass
+class PreparedData:
+    """Datasets of a run and what the model needs to know about them.
+
+    Attributes:
+        train: Training images minus the held-out validation split (in memory, or a
+            :class:`~spos.data.LazyImageFolder` view read per batch with ``data.lazy``).
+        val: The fixed held-out validation split (search fitness, panel accuracy).
+        mean: Per-channel mean on the [0, 1] scale (from ``train``).
+        std: Per-channel standard deviation on the [0, 1] scale.
+        num_classes: Number of classes.
+        channels: Image channels.
+        image_size: Image side after padding.
+    """
+
+    train: ArrayDataset | LazyImageFolder
+    val: ArrayDataset | LazyImageFolder
+    mean: torch.Tensor
+    std: torch.Tensor
+    num_classes: int
+    channels: int
+    image_size: int
+
+    def to_float(self, images: torch.Tensor, runtime: Runtime, *, channels_last: bool) -> torch.Tensor:
+        """Normalise a uint8 batch and move it to the runtime's device."""
+        return to_float(
+            images, self.mean, self.std, channels_last=channels_last, device=runtime.device
+        )
+
+
+def _random_subset(dataset: _Dataset, limit: int | None, *, seed: int, split: str) -> _Dataset:
+    """The first ``limit`` images of a seeded shuffle of ``dataset`` (all of it if no limit)."""
+    if limit is None or limit >= len(dataset):
+        return dataset
+    # This seeding predates make_generator; it is kept so that subsets, and results, stay the same.
+    generator = torch.Generator().manual_seed(seed * 1000 + (split == "test"))
+    return dataset.subset(torch.randperm(len(dataset), generator=generator)[:limit])
+
+
+def _hold_out(
+    full: _Dataset, data_cfg: DataConfig, *, seed: int
+) -> tuple[_Dataset, _Dataset]:
+    """``(train, val)``: the training set split by :func:`~spos.data.holdout_split`."""
+    if data_cfg.val_size >= len(full):
+        raise ConfigError(
+            f"config field 'data.val_size' ({data_cfg.val_size}) must be smaller than the "
+            f"training set ({len(full)} images)"
+        )
+    train_index, val_index = holdout_split(full.labels, size=data_cfg.val_size, seed=seed)
+    return full.subset(train_index), full.subset(val_index)
+
+
+def _load_split(data_cfg: DataConfig, split: str, *, seed: int) -> ArrayDataset:
+    options: dict[str, Any] = {}
+    if data_cfg.dataset == "synthetic":
+        options = {
+            "size": data_cfg.synthetic_size,
+            "image_size": data_cfg.synthetic_image_size,
+            "seed": seed,
+        }
+    dataset = load_dataset(
+        data_cfg.dataset,
+        root=data_cfg.root,
+        split=split,
+        cache_dir=Path(data_cfg.cache_dir).expanduser(),
+        **options,
+    )
+    limit = data_cfg.train_limit if split == "train" else data_cfg.test_limit
+    dataset = _random_subset(dataset, limit, seed=seed, split=split)
+    if data_cfg.pad_to is not None:
+        dataset = ArrayDataset(pad_to(dataset.images, data_cfg.pad_to), dataset.labels, dataset.classes)
+    return dataset
+
+
+def _open_lazy(
+    data_cfg: DataConfig, split: str, *, seed: int, classes: Any = None
+) -> LazyImageFolder:
+    if data_cfg.root is None:
+        raise DataError(
+            "dataset 'image_folder' needs data.root: a folder with train/<class>/<image> "
+            "(and val/<class>/<image> or test/<class>/<image>) files, or a .zip of one"
+        )
+    folder = LazyImageFolder(
+        Path(data_cfg.root).expanduser(), split, classes=classes, num_workers=data_cfg.num_workers
+    )
+    limit = data_cfg.train_limit if split == "train" else data_cfg.test_limit
+    return _random_subset(folder, limit, seed=seed, split=split)
+
+
+def _prepare_lazy(data_cfg: DataConfig, *, seed: int) -> PreparedData:
+    """:func:`prepare_data` for ``data.lazy``: only file names and labels are read now."""
+    full = _open_lazy(data_cfg, "train", seed=seed)
+    train, val = _hold_out(full, data_cfg, seed=seed)
+    # Seeded as stages.common.seed_from(seed, "normalisation-images").
+    stats_seed = make_rng(seed, "normalisation-images").getrandbits(63)
+    generator = torch.Generator().manual_seed(stats_seed)
+    sample = torch.randperm(len(train), generator=generator)[:LAZY_STATS_IMAGES].sort().values
+    mean, std = channel_stats(train.load_batch(sample, size=data_cfg.input_size, train=False))
+    return PreparedData(
+        train=train,
+        val=val,
+        mean=mean,
+        std=std,
+        num_classes=len(full.classes),
+        channels=3,
+        image_size=data_cfg.input_size,
+    )
+
+
+def prepare_data(data_cfg: DataConfig, *, seed: int) -> PreparedData:
+    """Load the training set, hold out the fixed validation split, compute channel stats.
+
+    Args:
+        data_cfg: The ``data`` config section.
+        seed: The run seed (training subset, held-out split, normalisation sample).
+    """
+    if data_cfg.lazy:
+        return _prepare_lazy(data_cfg, seed=seed)
+    full = _load_split(data_cfg, "train", seed=seed)
+    train, val = _hold_out(full, data_cfg, seed=seed)
+    mean, std = channel_stats(train.images)
+    return PreparedData(
+        train=train,
+        val=val,
+        mean=mean,
+        std=std,
+        num_classes=len(full.classes),
+        channels=int(full.images.shape[1]),
+        image_size=int(full.images.shape[-1]),
+    )
+
+
+def place_dataset(dataset: ArrayDataset, runtime: Runtime) -> ArrayDataset:
+    """Where a dataset should live for ``runtime``: unchanged on CPU; on CUDA on the GPU if
+    it is small (indexing, augmentation and normalisation then never leave the GPU), else
+    pinned host memory. A lazily read dataset is returned unchanged."""
+    if runtime.device.type != "cuda" or not isinstance(dataset, ArrayDataset):
+        return dataset
+    size = dataset.images.numel() * dataset.images.element_size()
+    if size <= GPU_RESIDENT_BYTES:
+        return dataset.to(runtime.device)
+    return ArrayDataset(dataset.images.pin_memory(), dataset.labels.pin_memory(), dataset.classes)
+
+
+def load_test_split(
+    data_cfg: DataConfig, *, seed: int, classes: Any = None
+) -> ArrayDataset | LazyImageFolder:
+    """The test split: only the final report reads it (SPEC section 4).
+
+    With ``data.lazy`` a folder view (``test/`` or ImageNet's ``val/``); pass the training
+    ``classes`` so that its labels follow the training label order.
+    """
+    if data_cfg.lazy:
+        return _open_lazy(data_cfg, "test", seed=seed, classes=classes)
+    return _load_split(data_cfg, "test", seed=seed)
+
+
+def train_stream(
+    data_cfg: DataConfig,
+    data: PreparedData,
+    runtime: Runtime,
+    *,
+    batch_size: int,
+    seed: int,
+) -> BatchStream:
+    """The augmented, resumable, rank-sharded training stream of a stage.
+
+    In memory: pad + random crop + flip (``data.crop_padding``, ``data.flip``). With
+    ``data.lazy``: decode per batch with RandomResizedCrop + flip (+ colour jitter, lighting),
+    the next batch prefetched in the background. Either way a batch is a function of
+    ``(seed, epoch, position)`` and of the global batch only.
+    """
+    common = dict(
+        batch_size=batch_size, seed=seed, rank=runtime.rank, world_size=runtime.world_size
+    )
+    if isinstance(data.train, LazyImageFolder):
+        loader = functools.partial(
+            data.train.load_batch,
+            size=data.image_size,
+            train=True,
+            scale=(data_cfg.crop_min_scale, 1.0),
+            flip=data_cfg.flip,
+            color_jitter=data_cfg.color_jitter,
+            lighting=data_cfg.lighting,
+        )
+        return BatchStream(data.train, loader=loader, prefetch=True, **common)
+    augment = functools.partial(random_crop_flip, padding=data_cfg.crop_padding, flip=data_cfg.flip)
+    return BatchStream(data.train, augment=augment, **common)
+
+
+def eval_batches(
+    dataset: ArrayDataset | LazyImageFolder,
+    data: PreparedData,
+    *,
+    batch_size: int,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """In-order uint8 evaluation batches ``(images, labels)`` (lazy data: resize + centre crop)."""
+    return iterate_batches(dataset, batch_size=batch_size, size=data.image_size)

@@ -1,0 +1,352 @@
+"""What the two training stages share: optimiser, schedule, one SGD step, the resumable state,
+evaluation and the metrics log (SPEC sections 3 and 5, official training recipe).
+
+Each training loop stays in its stage (the supernet samples a path per step, retrain scores
+an epoch's end); only the state and the step are factored out here, as torchtune does.
+:class:`TrainState` is everything a checkpoint must hold to resume bit-identically: model,
+optimiser, data-stream position, path sampler, CPU and CUDA RNG, step and training seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spos.arch import Arch
+from spos.checkpoint import save_checkpoint
+from spos.errors import CheckpointError
+from spos.io import atomic_write_text
+
+if TYPE_CHECKING:
+    from spos.data import BatchStream
+    from spos.dist import Runtime
+    from spos.sampling import PathSampler
+    from spos.space import SearchSpace
+
+__all__ = [
+    "Accuracy",
+    "MetricsLog",
+    "StepResult",
+    "Stopwatch",
+    "TrainState",
+    "TrainingWindow",
+    "check_global_batch",
+    "evaluate",
+    "learning_rate",
+    "make_sgd",
+    "sgd_step",
+]
+
+
+def make_sgd(
+    model: nn.Module, *, lr: float, momentum: float, nesterov: bool, weight_decay: float
+) -> torch.optim.SGD:
+    """SGD with weight decay on conv and linear weights only (official recipe).
+
+    Parameters whose gradient is None in a step (candidates off the sampled path) get no
+    update at all: torch's SGD skips them, so no decay and no stale momentum step.
+    """
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        (decay if parameter.ndim > 1 else no_decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
+
+
+def learning_rate(step: int, *, total: int, peak: float, warmup: int, schedule: str) -> float:
+    """Learning rate at ``step`` (0-based): linear warm-up, then linear or cosine decay to 0."""
+    if warmup and step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "cosine":
+        return 0.5 * peak * (1 + math.cos(math.pi * progress))
+    return peak * (1 - progress)
+
+
+class StepResult(NamedTuple):
+    """What one :func:`sgd_step` produced: the loss and logits of the batch, and what the
+    ``before_step`` hook returned (the supernet's pre-clip gradient norm, or None)."""
+
+    loss: torch.Tensor
+    logits: torch.Tensor
+    grad_norm: torch.Tensor | None
+
+
+def sgd_step(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    *,
+    lr: float,
+    label_smoothing: float,
+    autocast: contextlib.AbstractContextManager,
+    before_step: Callable[[], torch.Tensor | None] | None = None,
+) -> StepResult:
+    """One optimiser step on one batch: cross-entropy with label smoothing, at rate ``lr``.
+
+    Args:
+        model: The (possibly DDP-wrapped) network as a function of the inputs; the supernet
+            passes ``lambda x: model(x, arch)``.
+        autocast: The forward pass's context (:meth:`spos.dist.Runtime.autocast`).
+        before_step: Called after the backward pass, before the update: where the supernet
+            drops off-path gradients and clips. Its return value is the result's ``grad_norm``.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with autocast:
+        logits = model(inputs)
+        loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = before_step() if before_step is not None else None
+    optimizer.step()
+    return StepResult(loss, logits, grad_norm)
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Hits of one evaluation pass: top-1 and top-``k`` counts over ``images`` images."""
+
+    images: int
+    correct: int
+    correct_topk: int
+    k: int
+
+    @property
+    def top1(self) -> float:
+        """Top-1 accuracy in percent."""
+        return 100.0 * self.correct / max(1, self.images)
+
+    @property
+    def topk(self) -> float:
+        """Top-``k`` accuracy in percent (100% when ``k`` is the number of classes)."""
+        return 100.0 * self.correct_topk / max(1, self.images)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    arch: Arch | None = None,
+    k: int = 1,
+) -> Accuracy:
+    """Accuracy of ``model`` (or of the path ``arch`` of a supernet) in eval mode.
+
+    ``batches`` are ``(inputs, labels)`` already on the model's device; top-1 counts
+    ``argmax == label``, top-``k`` counts the label among the ``k`` largest logits. The
+    model's train/eval mode is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    correct = correct_topk = images = 0
+    for inputs, labels in batches:
+        logits = model(inputs) if arch is None else model(inputs, arch)
+        correct += int((logits.argmax(dim=1) == labels).sum())
+        if k > 1:
+            correct_topk += int((logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum())
+        images += int(labels.numel())
+    model.train(was_training)
+    return Accuracy(images, correct, correct if k == 1 else correct_topk, k)
+
+
+def check_global_batch(payload: Mapping[str, Any], batch_size: int, *, section: str, path: Path) -> None:
+    """Refuse to resume a checkpoint with another global batch: the stream's position would
+    mean other images. ``section`` is the config section whose ``batch_size`` is meant
+    (checkpoints older than the ``global_batch`` state key fall back to their config)."""
+    stored = payload["state"].get("global_batch")
+    if stored is None:
+        stored = payload["config"][section]["batch_size"]
+    if int(stored) != batch_size:
+        raise CheckpointError(
+            f"{path} was trained with global batch {section}.batch_size={stored}, but the config "
+            f"asks for {batch_size}; resume with batch_size={stored} (any number of ranks that "
+            "divides it), or use a new run directory"
+        )
+
+
+@dataclass
+class TrainState:
+    """Everything a training checkpoint holds to resume bit-identically.
+
+    Attributes:
+        model: The unwrapped network (its ``state_dict`` is saved; DDP adds no state).
+        optimizer: Its optimiser.
+        stream: The training :class:`~spos.data.BatchStream` (epoch and position).
+        sampler: The supernet's path sampler (RNG, coverage); None for a standalone network.
+        step: Optimiser steps taken.
+        train_seconds: Training time so far (evaluation excluded).
+        device: Where the model runs: on CUDA the device's RNG is saved and restored too.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    stream: BatchStream
+    sampler: PathSampler | None = None
+    step: int = 0
+    train_seconds: float = 0.0
+    device: torch.device = torch.device("cpu")
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "stream": self.stream.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "train_seconds": self.train_seconds,
+        }
+        if self.sampler is not None:
+            state["sampler"] = self.sampler.state_dict()
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        kind: str,
+        space: SearchSpace,
+        config: Mapping[str, Any],
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Write a checkpoint of kind ``kind`` at :attr:`step` (atomically; call on the main
+        rank only). ``extra`` adds the stage's own state keys."""
+        state = {**self.state_dict(), **(extra or {})}
+        save_checkpoint(path, kind=kind, space=space, config=config, step=self.step, state=state)
+
+    def load(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """Restore from a checkpoint payload (:func:`spos.checkpoint.load_checkpoint`);
+        returns its ``state`` for the stage's own keys."""
+        state = dict(payload["state"])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sampler is not None:
+            self.sampler.load_state_dict(state["sampler"])
+        self.stream.load_state_dict(state["stream"])
+        torch.set_rng_state(state["torch_rng"].cpu())  # the CPU RNG state, also on CUDA runs
+        if self.device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
+        self.step, self.train_seconds = int(payload["step"]), float(state["train_seconds"])
+        return state
+
+
+class MetricsLog:
+    """Append-only ``metrics.jsonl`` (and TensorBoard) on the main rank.
+
+    On resume, records past the checkpoint's step are dropped so the file reads as one run.
+    """
+
+    def __init__(self, path: Path, *, tensorboard_dir: Path, enabled: bool, resume_step: int) -> None:
+        self.path = Path(path)
+        self.enabled = enabled
+        self.writer = None
+        if not enabled:
+            return
+        if self.path.exists():
+            kept = [
+                line
+                for line in self.path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= resume_step
+            ]
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(tensorboard_dir), purge_step=resume_step + 1)
+        except ImportError:  # TensorBoard is optional; metrics.jsonl is the record
+            self.writer = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            step = int(record.get("step", 0))
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class TrainingWindow:
+    """Loss, accuracy and throughput accumulated between two metrics lines.
+
+    ``train_seconds`` sums the time of every flushed window, so evaluation time that the
+    caller excludes with :meth:`restart_clock` never counts as training time.
+    """
+
+    def __init__(self, train_seconds: float = 0.0) -> None:
+        self.train_seconds = train_seconds
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss_sum, self.correct, self.images = 0.0, 0, 0
+        self.grad_norms: list[float] = []
+        self.clock = Stopwatch()
+
+    def add(
+        self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, *, grad_norm: torch.Tensor | None = None
+    ) -> None:
+        """Count one step; ``grad_norm`` (the step's pre-clip gradient norm, the same on every
+        rank) is logged as the window's mean and max when given."""
+        self.loss_sum += float(loss.detach()) * labels.numel()
+        self.correct += int((logits.argmax(1) == labels).sum())
+        self.images += labels.numel()
+        if grad_norm is not None:
+            self.grad_norms.append(float(grad_norm))
+
+    def restart_clock(self) -> None:
+        self.clock = Stopwatch()
+
+    def flush(self, *, step: int, lr: float, runtime: Runtime) -> dict[str, Any]:
+        """The metrics line of the window over all ranks; starts a new window.
+
+        A collective under torchrun (every rank must call it at the same step): loss,
+        accuracy and image counts are summed over ranks, so the line describes the global
+        batch, as a single process would log it. Seconds are this rank's.
+        """
+        seconds = self.clock()
+        self.train_seconds += seconds
+        totals = torch.tensor([self.loss_sum, float(self.correct), float(self.images)], dtype=torch.float64)
+        loss_sum, correct, images = runtime.all_reduce_sum(totals.to(runtime.device)).tolist()
+        record = {
+            "step": step,
+            "loss": loss_sum / max(1.0, images),
+            "train_acc": 100.0 * correct / max(1.0, images),
+            "lr": lr,
+            "images_per_s": images / max(seconds, 1e-9),
+        }
+        if self.grad_norms:
+            record["grad_norm"] = sum(self.grad_norms) / len(self.grad_norms)
+            record["grad_norm_max"] = max(self.grad_norms)
+        self._reset()
+        return record
+
+
+class Stopwatch:
+    """Wall-clock seconds since construction (``time.perf_counter``)."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __call__(self) -> float:
+        return time.perf_counter() - self.start

@@ -1,0 +1,90 @@
+"""Shared training pieces: one SGD step, evaluation, the resumable state, the batch guard."""
+
+import contextlib
+
+import pytest
+import torch
+from torch import nn
+
+from spos.checkpoint import load_checkpoint
+from spos.data import ArrayDataset, BatchStream
+from spos.errors import CheckpointError
+from spos.train import TrainState, check_global_batch, evaluate, make_sgd, sgd_step
+
+from .test_space import TOY
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(12, 4))
+
+
+def _stream() -> BatchStream:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 255, (32, 3, 2, 2), dtype=torch.uint8, generator=generator)
+    dataset = ArrayDataset(images, torch.arange(32) % 4, [str(i) for i in range(4)])
+    return BatchStream(dataset, batch_size=8, seed=1)
+
+
+def _step(state: TrainState, **kwargs) -> torch.Tensor:
+    images, labels = next(state.stream)
+    inputs = images.float() / 255
+    result = sgd_step(
+        state.model, inputs, labels, state.optimizer, lr=0.1, label_smoothing=0.1, autocast=contextlib.nullcontext(), **kwargs
+    )
+    state.step += 1
+    return result
+
+
+def test_before_step_runs_between_backward_and_update_and_its_value_is_returned():
+    model = _model()
+    optimizer = make_sgd(model, lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.0)
+    frozen = model[1].bias.detach().clone()
+
+    def drop_bias_grad() -> torch.Tensor:
+        assert model[1].weight.grad is not None  # after backward
+        model[1].bias.grad = None  # torch's SGD then leaves the bias alone
+        return torch.tensor(1.5)
+
+    state = TrainState(model, optimizer, _stream())
+    result = _step(state, before_step=drop_bias_grad)
+    assert float(result.grad_norm) == 1.5 and result.logits.shape == (8, 4)
+    assert torch.equal(model[1].bias, frozen) and optimizer.param_groups[0]["lr"] == 0.1
+
+
+def test_train_state_resumes_bit_identically(tmp_path):
+    path = tmp_path / "state.ckpt"
+    state = TrainState(_model(), None, _stream())  # type: ignore[arg-type]
+    state.optimizer = make_sgd(state.model, lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4)
+    for _ in range(3):
+        _step(state)
+    state.train_seconds = 2.5
+    state.save(path, kind="child", space=TOY, config={"retrain": {"batch_size": 8}}, extra={"global_batch": 8})
+    noise = torch.rand(3)  # the CPU RNG as it was saved
+    reference = [_step(state).loss for _ in range(3)]
+
+    resumed = TrainState(_model(), None, _stream())  # type: ignore[arg-type]
+    resumed.optimizer = make_sgd(resumed.model, lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4)
+    extra = resumed.load(load_checkpoint(path, kind="child"))
+    assert (resumed.step, resumed.train_seconds, extra["global_batch"]) == (3, 2.5, 8)
+    assert torch.equal(torch.rand(3), noise)
+    assert [_step(resumed).loss for _ in range(3)] == reference
+
+
+def test_evaluate_counts_top1_and_topk():
+    model = nn.Identity()
+    logits = torch.tensor([[0.9, 0.5, 0.1], [0.1, 0.5, 0.9], [0.5, 0.9, 0.1]])
+    labels = torch.tensor([0, 1, 0])
+    accuracy = evaluate(model, [(logits, labels)], k=2)
+    assert (accuracy.correct, accuracy.correct_topk, accuracy.images) == (1, 3, 3)
+    assert accuracy.top1 == pytest.approx(100 / 3) and accuracy.topk == 100.0
+    assert evaluate(model, [(logits, labels)]).topk == accuracy.top1
+
+
+def test_a_changed_global_batch_is_refused_with_the_section_named(tmp_path):
+    payload = {"state": {}, "config": {"retrain": {"batch_size": 64}}}
+    check_global_batch(payload, 64, section="retrain", path=tmp_path)  # old checkpoint: its config
+    with pytest.raises(CheckpointError, match=r"retrain\.batch_size=64"):
+        check_global_batch(payload, 32, section="retrain", path=tmp_path)
+    with pytest.raises(CheckpointError, match=r"supernet\.batch_size=16"):
+        check_global_batch({"state": {"global_batch": 16}}, 32, section="supernet", path=tmp_path)
