@@ -125,7 +125,13 @@ def test_distinct_network_sampling_refuses_the_fair_sampler():
 def test_a_registered_sampler_is_selectable_by_name_in_the_config():
     from spos.config import load_config
     from spos.errors import ConfigError
-    from spos.sampling import _SAMPLERS, UniformSampler, create_sampler, list_samplers, register_sampler
+    from spos.sampling import (
+        _SAMPLERS,
+        UniformSampler,
+        create_sampler,
+        list_samplers,
+        register_sampler,
+    )
     from spos.space import create_space, make_rng
 
     assert {"uniform", "constraint", "fair"} <= set(list_samplers())
