@@ -130,3 +130,75 @@ def test_divergence_is_reported_once_a_loss_is_not_finite():
     window.add(torch.tensor(float("inf")), torch.zeros(2, 2), labels)
     with pytest.raises(DivergenceError, match=r"diverged by step 2 \(loss inf\); no checkpoint had been written yet; h"):
         window.check_finite(stage="supernet", step=2, last_checkpoint=None, hint="h")
+
+
+# ----------------------------------------------------------------------------- image folders
+def _png(path, value: int, *, size: int = 8) -> None:
+    import numpy as np
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = (np.arange(size * size * 3).reshape(size, size, 3) * 7 + value) % 256
+    Image.fromarray(pixels.astype(np.uint8)).save(path)
+
+
+def _image_tree(root, splits: dict[str, list[str]]) -> None:
+    for split, classes in splits.items():
+        for index, name in enumerate(classes):
+            for copy in range(2):
+                _png(root / split / name / f"{copy}.png", 10 * index + copy)
+
+
+def _data_config(root, tmp_path, *, lazy: bool):
+    from spos.config import DataConfig
+
+    return DataConfig(dataset="image_folder", root=str(root), cache_dir=str(tmp_path / "cache"), val_size=1, lazy=lazy, input_size=8)
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["eager", "lazy"])
+def test_the_test_split_takes_the_training_classes(tmp_path, lazy):
+    from spos.data.prepare import load_test_split
+
+    root = tmp_path / "tree"
+    _image_tree(root, {"train": ["ant", "bee", "cat"], "test": ["bee", "cat"]})
+    (root / "test" / "ant").mkdir()  # an empty class folder shifted every later label
+    data_cfg = _data_config(root, tmp_path, lazy=lazy)
+    test = load_test_split(data_cfg, seed=0, classes=("ant", "bee", "cat"))
+    assert tuple(test.classes) == ("ant", "bee", "cat")
+    assert sorted(test.labels.tolist()) == [1, 1, 2, 2]
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["eager", "lazy"])
+def test_a_test_class_training_lacks_is_refused(tmp_path, lazy):
+    from spos.data.prepare import load_test_split
+    from spos.errors import DataError
+
+    root = tmp_path / "tree"
+    _image_tree(root, {"train": ["ant", "cat"], "test": ["ant", "cat", "dog"]})
+    with pytest.raises(DataError, match=r"class folder\(s\) \['dog'\] that the training set does not have") as info:
+        load_test_split(_data_config(root, tmp_path, lazy=lazy), seed=0, classes=("ant", "cat"))
+    assert str(root) in str(info.value) and "'ant', 'cat'" in str(info.value)
+
+
+def test_a_directory_symlink_loop_is_refused(tmp_path):
+    from spos.data.readers import read_image_folder
+    from spos.errors import DataError
+
+    root = tmp_path / "tree"
+    _image_tree(root, {"train": ["ant", "cat"]})
+    (root / "train" / "cat" / "again").symlink_to(root / "train")
+    with pytest.raises(DataError, match="symbolic link to .* one of its own parent folders") as info:
+        read_image_folder(root, "train")
+    assert str(root / "train" / "cat" / "again") in str(info.value)
+
+
+def test_a_directory_symlink_that_is_no_loop_is_followed(tmp_path):
+    from spos.data.readers import read_image_folder
+
+    root = tmp_path / "tree"
+    _image_tree(tmp_path / "elsewhere", {"train": ["ant"]})
+    _image_tree(root, {"train": ["cat"]})
+    (root / "train" / "ant").symlink_to(tmp_path / "elsewhere" / "train" / "ant")
+    (root / "test").symlink_to(root / "train")  # the same images as a test split: not a loop
+    assert read_image_folder(root, "train").labels.tolist() == [0, 0, 1, 1]
+    assert read_image_folder(root, "test").labels.tolist() == [0, 0, 1, 1]

@@ -290,7 +290,7 @@ def test_image_folder_errors_name_the_file(tmp_path):
     with pytest.raises(DataError, match="cannot decode") as info:
         data.read_image_folder(tmp_path / "bad", "train")
     assert "train/a/1.png" in str(info.value)
-    with pytest.raises(DataError, match="not in the given classes"):
+    with pytest.raises(DataError, match="that the training set does not have"):
         data.read_image_folder(tmp_path / "bad", "train", classes=["z"])
 
 

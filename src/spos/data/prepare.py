@@ -20,7 +20,7 @@ import torch
 from spos.data.augment import pad_to, random_crop_flip, to_float
 from spos.data.dataset import ArrayDataset
 from spos.data.lazy import LazyImageFolder
-from spos.data.readers import load_dataset
+from spos.data.readers import check_classes, load_dataset
 from spos.data.stream import BatchStream, channel_stats, holdout_split, iterate_batches
 from spos.errors import ConfigError, DataError
 from spos.space import make_rng
@@ -199,12 +199,33 @@ def load_test_split(
 ) -> ArrayDataset | LazyImageFolder:
     """The test split: only the final report reads it (SPEC section 4).
 
-    With ``data.lazy`` a folder view (``test/`` or ImageNet's ``val/``); pass the training
-    ``classes`` so that its labels follow the training label order.
+    With ``data.lazy`` a folder view (``test/`` or ImageNet's ``val/``). Pass the training
+    ``classes`` so that the labels follow the training label order: an image tree's test split
+    has its own class folders, and a class folder missing (or empty) in one split but not the
+    other would otherwise shift every label after it. A test class that training lacks is
+    refused; a training class with no test images is fine.
+
+    Raises:
+        DataError: The test split has a class the training classes lack.
     """
     if data_cfg.lazy:
         return _open_lazy(data_cfg, "test", seed=seed, classes=classes)
-    return _load_split(data_cfg, "test", seed=seed)
+    test = _load_split(data_cfg, "test", seed=seed)
+    return test if classes is None else _relabel(test, tuple(classes), data_cfg)
+
+
+def _relabel(dataset: ArrayDataset, classes: tuple[str, ...], data_cfg: DataConfig) -> ArrayDataset:
+    """``dataset`` with its labels mapped from its own class list onto ``classes``.
+
+    Done after loading, not by the reader, so a cached decode of the split stays valid.
+    """
+    if dataset.classes == classes:
+        return dataset
+    where = f"the test split of {data_cfg.root or data_cfg.dataset}"
+    check_classes(dataset.classes, classes, where=where)
+    lookup = {name: index for index, name in enumerate(classes)}
+    mapping = torch.tensor([lookup[name] for name in dataset.classes], dtype=torch.int64)
+    return ArrayDataset(dataset.images, mapping[dataset.labels], classes)
 
 
 def train_stream(

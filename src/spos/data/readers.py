@@ -331,18 +331,56 @@ def read_cifar_pickle(
 # --------------------------------------------------------------------------------------------
 
 
+def _walk_files(root: Path) -> list[str]:
+    """Relative ``/``-separated names of the files under ``root`` (hidden folders skipped).
+
+    Directory symlinks are followed (trees assembled from links are common), but a link back
+    to one of its own parent folders is refused: following it would list the same images again
+    and again under ever longer names, each copy labelled by the wrong class folder. Folders
+    are identified by ``(st_dev, st_ino)``, so a loop is found whatever path leads into it. A
+    link to a folder elsewhere in the tree is not a loop and is listed under its own name.
+
+    Raises:
+        DataError: A directory symlink loops back to one of its parents.
+    """
+    names: list[str] = []
+    start = root.stat()
+    # (folder, its name relative to root, the (st_dev, st_ino) of it and of its parents)
+    stack: list[tuple[Path, str, frozenset[tuple[int, int]]]] = [
+        (root, "", frozenset({(start.st_dev, start.st_ino)}))
+    ]
+    while stack:
+        folder, prefix, ancestors = stack.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                try:
+                    is_dir = entry.is_dir()  # follows symlinks; a dangling link is no folder
+                except OSError:
+                    is_dir = False
+                if not is_dir:
+                    names.append(prefix + entry.name)
+                    continue
+                if entry.name.startswith("."):
+                    continue
+                info = entry.stat()
+                key = (info.st_dev, info.st_ino)
+                if key in ancestors:
+                    raise DataError(
+                        f"{entry.path} is a symbolic link to {os.path.realpath(entry.path)}, one of "
+                        "its own parent folders: reading through it would list the same images "
+                        "again and again under wrong classes; remove the link"
+                    )
+                stack.append((Path(entry.path), f"{prefix}{entry.name}/", ancestors | {key}))
+    return names
+
+
 def _list_tree(path: Path) -> list[str]:
     """Relative ``/``-separated names of the image files in a directory tree or zip."""
     if path.is_file() and zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             names = [n for n in archive.namelist() if not n.endswith("/")]
     elif path.is_dir():
-        names = []
-        for folder, dirs, files in os.walk(path, followlinks=True):
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
-            relative = Path(folder).relative_to(path).as_posix()
-            prefix = "" if relative == "." else relative + "/"
-            names.extend(prefix + f for f in files)
+        names = _walk_files(path)
     elif path.exists():
         raise DataError(f"{path} is neither a folder nor a zip archive of images")
     else:
@@ -354,18 +392,48 @@ def _list_tree(path: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def _shown(names: Sequence[str], limit: int = 10) -> str:
+    """``names`` as a list, cut after ``limit`` (ImageNet has 1000 classes)."""
+    shown = ", ".join(repr(name) for name in list(names)[:limit])
+    return f"[{shown}{f', ... ({len(names)} in all)' if len(names) > limit else ''}]"
+
+
+def check_classes(found: Sequence[str], classes: Sequence[str], *, where: str) -> None:
+    """Refuse classes in ``found`` (a split's class folders) that ``classes`` (the training
+    classes, which define the labels) lacks; a training class missing from ``found`` is fine.
+
+    Raises:
+        DataError: Naming ``where``, the unknown classes and the training classes.
+    """
+    known = set(classes)
+    unknown = [name for name in found if name not in known]
+    if unknown:
+        raise DataError(
+            f"{where} has class folder(s) {_shown(unknown)} that the training set does not have "
+            f"(training classes: {_shown(classes)}); a model cannot be scored on classes it "
+            "never learnt: remove those folders or add training images for them"
+        )
+
+
 def index_images(
     path: Path, split: str, classes: Sequence[str] | None
 ) -> tuple[list[str], list[int], tuple[str, ...]]:
-    """The ``split``'s image names (sorted), their labels and the class names."""
+    """The ``split``'s image names (sorted), their labels and the class names.
+
+    ``classes`` (the training classes, for the test split) fixes the label order; a class
+    folder it lacks is refused (:func:`check_classes`). ``None``: the split's own class folders,
+    sorted.
+    """
     _check_split(split)
     parts = [name.split("/") for name in _list_tree(path)]
     in_split = [p for p in parts if len(p) >= 3 and p[0] == split]
     if not in_split and split == "test":
         # ImageNet's layout: the labelled 50k validation images are the test split.
         in_split = [p for p in parts if len(p) >= 3 and p[0] == "val"]
+    where = path
     if in_split:
         entries = sorted(("/".join(p), p[1]) for p in in_split)
+        where = path / in_split[0][0]
     else:
         tops = sorted({p[0] for p in parts if len(p) >= 2})
         if split != "train" or _SPLIT_FOLDERS.intersection(tops):
@@ -385,11 +453,7 @@ def index_images(
     if classes is None:
         classes = found
     else:
-        unknown = [name for name in found if name not in classes]
-        if unknown:
-            raise DataError(
-                f"{path}: class folders {unknown} are not in the given classes {list(classes)}"
-            )
+        check_classes(found, classes, where=str(where))
     lookup = {name: i for i, name in enumerate(classes)}
     return [e for e, _ in entries], [lookup[c] for _, c in entries], tuple(classes)
 
