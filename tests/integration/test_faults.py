@@ -194,3 +194,18 @@ def test_rank_without_ground_truth_says_how_to_give_it(trained):
 )
 def test_bad_architecture_strings_through_the_cli(arch, needle):
     one_error_line(run_cli("cost", "--space", "shufflenet_cifar", "--arch", arch), needle)
+
+
+# ----------------------------------------------------------------------------- data
+def test_constant_images_are_one_line_not_a_nan_run(tmp_path):
+    from PIL import Image
+
+    for index in range(6):
+        path = tmp_path / "flat" / "train" / f"c{index % 2}" / f"{index}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (90, 90, 90)).save(path)
+    run_dir = tmp_path / "r"
+    result = run_cli("train-supernet", "--config", str(SMOKE), "--out", str(run_dir), *TINY, "data.dataset=image_folder",
+                     f"data.root={tmp_path / 'flat'}", f"data.cache_dir={tmp_path / 'cache'}", "data.val_size=2")
+    one_error_line(result, "one flat colour", str(tmp_path / "flat"))
+    assert not (run_dir / "supernet.ckpt").exists()

@@ -202,3 +202,36 @@ def test_a_directory_symlink_that_is_no_loop_is_followed(tmp_path):
     (root / "test").symlink_to(root / "train")  # the same images as a test split: not a loop
     assert read_image_folder(root, "train").labels.tolist() == [0, 0, 1, 1]
     assert read_image_folder(root, "test").labels.tolist() == [0, 0, 1, 1]
+
+
+# ----------------------------------------------------------------------------- constant images
+def _flat_tree(root, colours) -> None:
+    import numpy as np
+    from PIL import Image
+
+    for index, colour in enumerate(colours):
+        path = root / "train" / f"c{index % 2}" / f"{index}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.broadcast_to(np.asarray(colour, dtype=np.uint8), (8, 8, 3)).copy()).save(path)
+
+
+def test_constant_training_images_are_refused(tmp_path):
+    from spos.data.prepare import prepare_data
+    from spos.errors import DataError
+
+    _flat_tree(tmp_path / "tree", [(40, 50, 60)] * 4)
+    with pytest.raises(DataError, match="one flat colour .*40, 50, 60.*standard deviation 0") as info:
+        prepare_data(_data_config(tmp_path / "tree", tmp_path, lazy=False), seed=0)
+    assert str(tmp_path / "tree") in str(info.value)
+
+
+def test_a_constant_channel_is_centred_not_divided_by_zero(tmp_path):
+    import torch
+
+    from spos.data.prepare import prepare_data
+
+    _flat_tree(tmp_path / "tree", [(0, 10 * i, 7) for i in range(6)])  # red and blue constant
+    data = prepare_data(_data_config(tmp_path / "tree", tmp_path, lazy=False), seed=0)
+    assert data.std[0] == 1.0 and data.std[2] == 1.0 and 0 < data.std[1] < 1
+    normalised = (data.train.images.float() / 255 - data.mean.view(1, -1, 1, 1)) / data.std.view(1, -1, 1, 1)
+    assert torch.isfinite(normalised).all() and (normalised[:, 0] == 0).all()

@@ -10,6 +10,7 @@ the run seed, not the whole run config.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,8 @@ __all__ = [
     "prepare_data",
     "train_stream",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Training images whose channel statistics normalise a lazily read dataset.
 LAZY_STATS_IMAGES = 1024
@@ -139,6 +142,41 @@ def _open_lazy(
     return _random_subset(folder, limit, seed=seed, split=split)
 
 
+def _normalisation(images: torch.Tensor, data_cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel ``(mean, std)`` of the training ``images`` that normalise every batch.
+
+    A channel with zero standard deviation (the same value in every pixel of every image)
+    would normalise to 0/0 = NaN. As scikit-learn's ``StandardScaler`` does for a constant
+    feature, such a channel is centred but not scaled (its std is taken as 1, so it reads as 0
+    everywhere and the other channels carry the signal); the choice is logged. When every
+    channel is constant the images carry no information at all, which is a broken dataset,
+    not a training problem: that is refused.
+
+    Raises:
+        DataError: Every channel of the training images is constant.
+    """
+    mean, std = channel_stats(images)
+    constant = [index for index, value in enumerate(std.tolist()) if value == 0.0]
+    where = f"dataset {data_cfg.dataset!r}" + (f" at {data_cfg.root}" if data_cfg.root else "")
+    if len(constant) == len(std):
+        values = ", ".join(f"{round(v * 255)}" for v in mean.tolist())
+        raise DataError(
+            f"every training image of {where} is one flat colour (channel values {values} in "
+            "every pixel, standard deviation 0): there is nothing to learn and normalising would "
+            "divide by zero; check data.root and the image files"
+        )
+    if constant:
+        log.warning(
+            "channel(s) %s of the training images of %s are constant (standard deviation 0); "
+            "they are centred but not scaled",
+            constant,
+            where,
+        )
+        std = std.clone()
+        std[constant] = 1.0
+    return mean, std
+
+
 def _prepare_lazy(data_cfg: DataConfig, *, seed: int) -> PreparedData:
     """:func:`prepare_data` for ``data.lazy``: only file names and labels are read now."""
     full = _open_lazy(data_cfg, "train", seed=seed)
@@ -147,7 +185,7 @@ def _prepare_lazy(data_cfg: DataConfig, *, seed: int) -> PreparedData:
     stats_seed = make_rng(seed, "normalisation-images").getrandbits(63)
     generator = torch.Generator().manual_seed(stats_seed)
     sample = torch.randperm(len(train), generator=generator)[:LAZY_STATS_IMAGES].sort().values
-    mean, std = channel_stats(train.load_batch(sample, size=data_cfg.input_size, train=False))
+    mean, std = _normalisation(train.load_batch(sample, size=data_cfg.input_size, train=False), data_cfg)
     return PreparedData(
         train=train,
         val=val,
@@ -162,6 +200,9 @@ def _prepare_lazy(data_cfg: DataConfig, *, seed: int) -> PreparedData:
 def prepare_data(data_cfg: DataConfig, *, seed: int) -> PreparedData:
     """Load the training set, hold out the fixed validation split, compute channel stats.
 
+    A constant channel is centred but not scaled; all channels constant is refused
+    (:func:`_normalisation`).
+
     Args:
         data_cfg: The ``data`` config section.
         seed: The run seed (training subset, held-out split, normalisation sample).
@@ -170,7 +211,7 @@ def prepare_data(data_cfg: DataConfig, *, seed: int) -> PreparedData:
         return _prepare_lazy(data_cfg, seed=seed)
     full = _load_split(data_cfg, "train", seed=seed)
     train, val = _hold_out(full, data_cfg, seed=seed)
-    mean, std = channel_stats(train.images)
+    mean, std = _normalisation(train.images, data_cfg)
     return PreparedData(
         train=train,
         val=val,
