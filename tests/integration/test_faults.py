@@ -209,3 +209,10 @@ def test_constant_images_are_one_line_not_a_nan_run(tmp_path):
                      f"data.root={tmp_path / 'flat'}", f"data.cache_dir={tmp_path / 'cache'}", "data.val_size=2")
     one_error_line(result, "one flat colour", str(tmp_path / "flat"))
     assert not (run_dir / "supernet.ckpt").exists()
+
+
+# ----------------------------------------------------------------------------- report and rank
+def test_report_on_a_directory_without_run_results_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a run")
+    one_error_line(run_cli("report", "--run", str(tmp_path)), str(tmp_path), "no summary.json", "metrics.jsonl")
+    assert not (tmp_path / "report").exists()

@@ -341,8 +341,15 @@ def test_rerun_removes_stale_plots_and_tolerates_a_truncated_line(tmp_path: Path
 
 
 def test_empty_run_dir_and_missing_dir(tmp_path: Path) -> None:
-    index = write_report(tmp_path)
-    assert "data:image/png" not in index.read_text(encoding="utf-8")
+    from spos.errors import SposError
+
+    with pytest.raises(SposError, match="holds no run results to report on: no summary.json") as info:
+        write_report(tmp_path)  # an empty page would look like success (issue 19)
+    assert str(tmp_path) in str(info.value)
+    (tmp_path / "config.yaml").write_text("seed: 0\n")
+    with pytest.raises(SposError, match="a stage started, but it wrote no results yet"):
+        write_report(tmp_path)
+    assert not (tmp_path / "report").exists()
     with pytest.raises(FileNotFoundError, match="does not exist"):
         write_report(tmp_path / "nope")
 

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from spos.io import atomic_write_bytes
-from spos.report.files import _read_run
+from spos.errors import SposError
+from spos.report.files import _read_run, _RunFiles
 from spos.report.plots import _plot_rank_scatter, _png_bytes, _style
 from spos.report.render import _render_html, _render_markdown
 from spos.report.sections import (
@@ -67,6 +68,22 @@ def write_rank_plot(rank: Mapping[str, Any], path: Path) -> Path:
     return Path(path)
 
 
+def _check_has_output(run: _RunFiles) -> None:
+    """Refuse a directory no stage has written results into: a report of it would be an empty
+    page that looks like success (a wrong ``--run``, or a run killed before its first line)."""
+    if (
+        run.summary or run.metrics or run.history or run.arch or run.retrain_metrics
+        or run.rank or run.pareto or run.unreadable
+    ):  # fmt: skip
+        return
+    started = " (its config.yaml says a stage started, but it wrote no results yet)" if run.config else ""
+    raise SposError(
+        f"{run.run_dir} holds no run results to report on{started}: no summary.json, "
+        "metrics.jsonl, history.jsonl, arch.json, retrain/metrics.jsonl or rank/rank.json; "
+        "pass the run directory a stage wrote (runs/<name>)"
+    )
+
+
 def write_report(run_dir: Path) -> Path:
     """Write ``run_dir/report/`` (PNG plots, ``index.html``, ``README.md``) from run files only.
 
@@ -83,6 +100,7 @@ def write_report(run_dir: Path) -> Path:
 
     Raises:
         FileNotFoundError: ``run_dir`` is not a directory.
+        SposError: ``run_dir`` holds none of the files a stage writes (nothing to report).
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -90,6 +108,7 @@ def write_report(run_dir: Path) -> Path:
             f"run directory {run_dir} does not exist; pass the folder a stage wrote (runs/<name>)"
         )
     run = _read_run(run_dir)
+    _check_has_output(run)
     builder = _Builder()
     for add_section in (
         _supernet_section,
