@@ -25,8 +25,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from spos.io import atomic_write_bytes
 from spos.errors import SposError
+from spos.io import atomic_write_bytes
 from spos.report.files import _read_run, _RunFiles
 from spos.report.plots import _plot_rank_scatter, _png_bytes, _style
 from spos.report.render import _render_html, _render_markdown
