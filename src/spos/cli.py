@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,15 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _figure(value: Any, spec: str) -> str:
+    """``value`` formatted, or "undefined" for a correlation that has none (constant input)."""
+    return format(value, spec) if _finite(value) else "undefined"
+
+
 def _cmd_rank(args: argparse.Namespace) -> int:
     from spos.stages import rank
 
@@ -167,17 +177,19 @@ def _cmd_rank(args: argparse.Namespace) -> int:
     )
     if runtime.is_main:
         print(
-            f"ranked {summary['num_archs']} architectures: Kendall tau {summary['kendall_tau']:.3f}, "
-            f"Spearman rho {summary['spearman_rho']:.3f}, precision@5% "
+            f"ranked {summary['num_archs']} architectures: Kendall tau {_figure(summary['kendall_tau'], '.3f')}, "
+            f"Spearman rho {_figure(summary['spearman_rho'], '.3f')}, precision@5% "
             f"{summary['precision_at_5pct']:.2f}, precision@10% {summary['precision_at_10pct']:.2f}; "
             f"plot in {RunDir(run_dir).rank_plot}"
         )
         baselines = summary["cost_baselines"]
         print(
             "  baselines on the same architectures: Kendall tau of params "
-            f"{baselines['params']['kendall_tau']:.3f}, of FLOPs {baselines['flops']['kendall_tau']:.3f}"
+            f"{_figure(baselines['params']['kendall_tau'], '.3f')}, of FLOPs {_figure(baselines['flops']['kendall_tau'], '.3f')}"
         )
         for row in summary["option_bias"][:3]:
+            if not (_finite(row["bias"]) and _finite(row["tau_truth"]) and _finite(row["tau_proxy"])):
+                continue
             verdict = "overrates" if row["bias"] > 0 else "underrates"
             print(
                 f"  the supernet {verdict} {row['option']}: Kendall tau of its count with the truth "

@@ -216,3 +216,35 @@ def test_report_on_a_directory_without_run_results_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("not a run")
     one_error_line(run_cli("report", "--run", str(tmp_path)), str(tmp_path), "no summary.json", "metrics.jsonl")
     assert not (tmp_path / "report").exists()
+
+
+def _shufflenet_truth(path: Path, values: list[float]) -> Path:
+    import random
+
+    from spos.space import create_space
+
+    space = create_space("shufflenet_cifar", stage_repeats=[1, 1, 2, 1], stage_channels=[24, 32, 48, 64], head_channels=64)
+    rng, archs = random.Random(0), []
+    while len(archs) < len(values):
+        text = space.sample(rng).short()
+        if text not in archs:
+            archs.append(text)
+    path.write_text("arch,acc\n" + "".join(f'"{a}",{v}\n' for a, v in zip(archs, values, strict=True)))
+    return path
+
+
+@pytest.mark.parametrize(
+    "values, num_archs, needles",
+    [
+        ([90.0, 80.0, 70.0], 1, ["at least 2 architectures", "--num-archs 1"]),
+        ([90.0], 5, ["has 1 architecture(s)", "at least 2"]),
+        ([75.0, 75.0, 75.0, 75.0], 4, ["have the same acc (75)", "constant truth"]),
+    ],
+    ids=["one-arch", "one-row", "constant-truth"],
+)
+def test_rank_refuses_what_has_no_rank_correlation(trained, tmp_path, values, num_archs, needles):
+    truth = _shufflenet_truth(tmp_path / "truth.csv", values)
+    result = run_cli("rank", "--run", str(trained), "--ground-truth", str(truth), "--column", "acc", "--num-archs", str(num_archs))
+    one_error_line(result, *needles)
+    assert "tau nan" not in result.stdout
+    assert not (trained / "rank" / "rank.json").exists()

@@ -235,3 +235,10 @@ def test_a_constant_channel_is_centred_not_divided_by_zero(tmp_path):
     assert data.std[0] == 1.0 and data.std[2] == 1.0 and 0 < data.std[1] < 1
     normalised = (data.train.images.float() / 255 - data.mean.view(1, -1, 1, 1)) / data.std.view(1, -1, 1, 1)
     assert torch.isfinite(normalised).all() and (normalised[:, 0] == 0).all()
+
+
+def test_an_undefined_correlation_prints_as_undefined_not_nan():
+    from spos.cli import _figure
+
+    assert _figure(float("nan"), ".3f") == "undefined" == _figure(None, ".3f")
+    assert _figure(0.51234, ".3f") == "0.512"

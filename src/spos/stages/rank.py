@@ -25,7 +25,7 @@ from spos.arch import Arch
 from spos.checkpoint import load_checkpoint
 from spos.config import RunConfig
 from spos.dist import Runtime
-from spos.errors import ConfigError
+from spos.errors import ConfigError, DataError
 from spos.groundtruth import GroundTruth
 from spos.io import atomic_write_text, write_json
 from spos.rundir import RunDir, update_summary
@@ -46,6 +46,21 @@ def _option_counts(archs: list[Arch]) -> dict[str, list[int]]:
     return {option: [sum(str(value) == option for _, value in arch.values) for arch in archs] for option in options}
 
 
+def _check_rankable(truth: GroundTruth, column: str, true_values: list[float]) -> None:
+    """Refuse a ranking whose correlations would be undefined (NaN) whatever the supernet does."""
+    if len(true_values) < 2:
+        raise DataError(
+            f"ground-truth file {truth.path} has {len(true_values)} architecture(s) (isomorphism "
+            "classes); ranking needs at least 2"
+        )
+    if len(set(true_values)) < 2:
+        raise DataError(
+            f"all {len(true_values)} architectures drawn from {truth.path} have the same {column} "
+            f"({true_values[0]:g}): a rank correlation with a constant truth is undefined; choose a "
+            "column whose values differ between architectures"
+        )
+
+
 def run(
     config: RunConfig,
     run_dir: Path,
@@ -61,6 +76,10 @@ def run(
             "spos rank needs true accuracies: give --ground-truth CSV --column NAME, or set "
             "ground_truth.path and ground_truth.column in the config"
         )
+    if num_archs < 2:
+        raise ConfigError(
+            f"spos rank needs at least 2 architectures to compare rankings, got --num-archs {num_archs}"
+        )
     cfg = config.search
     run = RunDir(run_dir)
     checkpoint_path = Path(supernet_path) if supernet_path else run.supernet_ckpt
@@ -72,6 +91,7 @@ def run(
     indices = truth.sample(num_archs, make_rng(config.seed, "rank-archs"))
     archs = [truth.archs[i] for i in indices]
     true_values = [truth.values[i] for i in indices]
+    _check_rankable(truth, column, true_values)
 
     if runtime.is_main:
         run.rank_dir.mkdir(parents=True, exist_ok=True)
@@ -98,6 +118,13 @@ def run(
     finally:
         bar.close()
     figures = rank_correlations(true_values, scores)
+    if len(set(scores)) < 2:
+        log.warning(
+            "the supernet gave all %d architectures the same score (%g): its rank correlations are "
+            "undefined (null in rank.json); train it longer or score on more images (search.val_images)",
+            len(scores),
+            scores[0],
+        )
     best = max(range(len(archs)), key=lambda i: scores[i])
     bias = option_bias(_option_counts(archs), true_values, scores)
     # What a supernet must beat: ranking by a cost alone (on NAS-Bench-201 the parameter count
