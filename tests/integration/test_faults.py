@@ -248,3 +248,22 @@ def test_rank_refuses_what_has_no_rank_correlation(trained, tmp_path, values, nu
     one_error_line(result, *needles)
     assert "tau nan" not in result.stdout
     assert not (trained / "rank" / "rank.json").exists()
+
+
+# ----------------------------------------------------------------------------- resume
+def test_rerunning_a_finished_search_keeps_its_recorded_time(trained, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "r"
+    shutil.copytree(trained, run_dir)
+    search = ["search", "--config", str(SMOKE), "--out", str(run_dir), *TINY, "search.generations=1", "search.random_baseline=true",
+              "search.population_size=4", "search.top_k=2", "search.mutation_count=2", "search.crossover_count=2",
+              "search.recalibrate_images=16", "search.val_images=16"]
+    assert run_cli(*search).returncode == 0
+    first = json.loads((run_dir / "summary.json").read_text())["search"]
+    assert first["seconds"] > 0
+    # What a resumed `spos run` does after a kill in retraining: search reruns as a no-op.
+    assert run_cli(*search).returncode == 0
+    again = json.loads((run_dir / "summary.json").read_text())["search"]
+    assert again["seconds"] == first["seconds"]  # not the no-op rerun's 0.0 s
+    assert again["baseline"]["seconds"] == first["baseline"]["seconds"]

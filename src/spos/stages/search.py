@@ -74,6 +74,10 @@ def _search_one(
         tie_break=lambda arch: float(costs_of(arch).get(tie_metric, 0.0)),
     )
     state_path = out.search_state
+    # Search time accumulates over resumes in the state file, as supernet training time does in
+    # its checkpoint; a finished search rerun (every resumed `spos run` reruns it) adds nothing,
+    # so its summary keeps the time the search took instead of the rerun's 0 s.
+    elapsed, finished = 0.0, False
     if state_path.exists():
         try:
             saved = json.loads(state_path.read_text())
@@ -85,9 +89,18 @@ def _search_one(
                 "run directory) to search this supernet"
             )
         strategy.load_state_dict(saved["state"])
+        elapsed = float(saved.get("seconds", 0.0))
+        finished = saved.get("finished") is True and strategy.done  # not if generations grew
         log.info("resuming %s search at generation %d", name, strategy.generation)
 
     clock = Stopwatch()
+
+    def save_state(*, seconds: float | None = None) -> None:
+        """Write the strategy state; ``seconds``: the search is finished and took that long."""
+        state = {"strategy": name, "supernet": fingerprint, "state": strategy.state_dict()}
+        total = elapsed + clock() if seconds is None else seconds
+        atomic_write_text(state_path, json.dumps({**state, "seconds": round(total, 2), "finished": seconds is not None}))
+
     bar = (
         progress(total=cfg.generations, initial=strategy.generation, description=f"search ({name})")
         if runtime.is_main
@@ -98,10 +111,7 @@ def _search_one(
         scores = list(result.scores)
         mean = sum(scores) / len(scores) if scores else float("nan")
         if runtime.is_main:
-            atomic_write_text(
-                state_path,
-                json.dumps({"strategy": name, "supernet": fingerprint, "state": strategy.state_dict()}),
-            )
+            save_state()
         bar.update(1, best=f"{result.best_score:.2f}", mean=f"{mean:.2f}", evals=result.evaluations)
     bar.close()
 
@@ -117,6 +127,7 @@ def _search_one(
     # whose FLOPs do not vary), else along FLOPs.
     x_metric = next((c.metric for c in config.search.constraints if history and c.metric in history[0]), "flops")
     front = pareto_front([(record[x_metric], record["score"]) for record in history])
+    seconds = elapsed if finished else elapsed + clock()
     summary = {
         "strategy": name,
         "best_score": best_score,
@@ -124,7 +135,7 @@ def _search_one(
         "best_costs": costs_of(best_arch),
         "evaluations": len(history),
         "generations": strategy.generation,
-        "seconds": round(clock(), 2),
+        "seconds": round(seconds, 2),
     }
     if finalists is not None:
         summary["finalists"] = finalists
@@ -133,6 +144,8 @@ def _search_one(
         best_arch.save(out.arch_json, score=best_score, costs=costs_of(best_arch), strategy=name)
         _write_history(out.history, history)
         write_json(out.pareto, {"x": x_metric, "y": "score", "front": [history[i] for i in front]})
+        if not finished:
+            save_state(seconds=seconds)
     return summary
 
 
