@@ -130,3 +130,29 @@ def test_divergence_is_reported_once_a_loss_is_not_finite():
     window.add(torch.tensor(float("inf")), torch.zeros(2, 2), labels)
     with pytest.raises(DivergenceError, match=r"diverged by step 2 \(loss inf\); no checkpoint had been written yet; h"):
         window.check_finite(stage="supernet", step=2, last_checkpoint=None, hint="h")
+
+
+def test_a_corrupted_gzip_idx_file_is_one_data_error(tmp_path):
+    import gzip
+
+    from spos.data import read_idx
+    from spos.errors import DataError
+
+    raw = gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 4, 1, 2, 3, 4]) * 50)
+    path = tmp_path / "train-labels-idx1-ubyte.gz"
+    path.write_bytes(raw[:10] + b"\x00" * 20 + raw[30:])
+    with pytest.raises(DataError, match="not a readable gzip file"):
+        read_idx(path)
+
+
+def test_checkpoint_errors_quote_one_whole_sentence(tmp_path):
+    from spos.checkpoint import _first_sentence, load_checkpoint
+    from spos.errors import CheckpointError
+
+    advice = "Weights only load failed. This file can still be loaded, to do so you have two options, do those steps only if you trust the source."
+    assert _first_sentence(advice) == "Weights only load failed."
+    path = tmp_path / "supernet.ckpt"
+    path.write_bytes(b"\x80\x04garbage")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert "do those steps" not in str(info.value) and "delete it to start over" in str(info.value)
