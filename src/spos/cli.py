@@ -121,9 +121,11 @@ def _cmd_search(args: argparse.Namespace) -> int:
         config, Path(args.out), runtime=runtime, progress=_TqdmProgress, supernet_path=args.supernet
     )
     if runtime.is_main:
-        line = f"search ({summary['strategy']}): best {summary['best_score']:.2f}% {summary['best_costs']}"
+        # The paper's fitness is an accuracy in %; an estimator's a weighted mean percentile.
+        unit = "%" if "estimator" not in summary else f"/100 (estimator {summary['estimator']['weights']})"
+        line = f"search ({summary['strategy']}): best {summary['best_score']:.2f}{unit} {summary['best_costs']}"
         if "baseline" in summary:
-            line += f"; random baseline best {summary['baseline']['best_score']:.2f}%"
+            line += f"; random baseline best {summary['baseline']['best_score']:.2f}{unit.split(' ')[0]}"
         print(line)
         print(f"architecture written to {RunDir(args.out).arch_json}")
     runtime.close()
