@@ -179,9 +179,10 @@ class OptimConfig:
 class SamplerConfig:
     """Which single path each supernet step trains (SPEC section 3)."""
 
-    name: Literal["uniform", "constraint", "fair"] = "uniform"
-    """Path sampling: uniform (the paper's core method), uniform-constraint (FLOPs bins, the
-    paper's ImageNet default) or strict-fair (each option of every choice once per window)."""
+    name: str = "uniform"
+    """Path sampler (registered in :mod:`spos.sampling`): uniform (the paper's core method),
+    constraint (uniform within FLOPs bins, the paper's ImageNet default) or fair (strict
+    fairness: each option of every choice once per window)."""
     flops_min: float | None = None
     """Lower FLOPs bound of constraint sampling (multiply-adds); None: the space minimum."""
     flops_max: float | None = None
@@ -209,6 +210,9 @@ class SamplerConfig:
     """The option those choices take during the warm-up (1.0: full width)."""
 
     def validate(self, prefix: str) -> None:
+        from spos.sampling import list_samplers  # torch-free; imported late to keep config light
+
+        _check(self.name in list_samplers(), f"{prefix}.name", f"must be one of {list_samplers()}, got {_quote(self.name)}")
         _check(self.flops_bins >= 1, f"{prefix}.flops_bins", "must be at least 1")
         _check(self.max_tries >= 1, f"{prefix}.max_tries", "must be at least 1")
         _check(

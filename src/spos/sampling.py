@@ -32,6 +32,8 @@ from spos.errors import ConfigError
 from spos.space import SearchSpace
 
 __all__ = [
+    "register_sampler",
+    "list_samplers",
     "ChoiceSchedule",
     "PathSampler",
     "UniformSampler",
@@ -319,6 +321,74 @@ class FairSampler(PathSampler):
         self.orders = [[int(i) for i in o] for o in state["orders"]]
 
 
+#: Builds a sampler: ``factory(space, rng, *, flops, flops_range, bins, max_tries, schedule,
+#: distinct_networks)``; a factory uses the options it needs and ignores the others.
+SamplerFactory = Callable[..., PathSampler]
+_SAMPLERS: dict[str, SamplerFactory] = {}
+
+
+def register_sampler(name: str) -> Callable[[SamplerFactory], SamplerFactory]:
+    """Register a path sampler under ``name`` (``supernet.sampler.name`` selects it).
+
+    Adding a sampler is one class (a :class:`PathSampler`) and one registered factory here;
+    its settings come from the ``supernet.sampler`` section.
+    """
+
+    def decorate(factory: SamplerFactory) -> SamplerFactory:
+        if name in _SAMPLERS:
+            raise ValueError(f"a sampler named {name!r} is already registered")
+        _SAMPLERS[name] = factory
+        return factory
+
+    return decorate
+
+
+def list_samplers() -> list[str]:
+    """Names of the registered path samplers."""
+    return sorted(_SAMPLERS)
+
+
+@register_sampler("uniform")
+def _uniform(space: SearchSpace, rng: random.Random, *, schedule=None, distinct_networks=False, **_: Any) -> PathSampler:
+    return UniformSampler(space, rng, schedule=schedule, distinct_networks=distinct_networks)
+
+
+@register_sampler("fair")
+def _fair(space: SearchSpace, rng: random.Random, *, schedule=None, distinct_networks=False, **_: Any) -> PathSampler:
+    if distinct_networks:
+        raise ConfigError("distinct-network sampling works with the uniform and constraint samplers, not fair")
+    return FairSampler(space, rng, schedule=schedule)
+
+
+@register_sampler("constraint")
+def _constraint(
+    space: SearchSpace,
+    rng: random.Random,
+    *,
+    flops=None,
+    flops_range=None,
+    bins: int = 7,
+    max_tries: int = 100,
+    schedule=None,
+    distinct_networks: bool = False,
+    **_: Any,
+) -> PathSampler:
+    if flops is None or flops_range is None:
+        raise ConfigError("constraint sampling needs a FLOPs function and range")
+    low, high = flops_range
+    return ConstraintSampler(
+        space,
+        rng,
+        flops=flops,
+        low=low,
+        high=high,
+        bins=bins,
+        max_tries=max_tries,
+        schedule=schedule,
+        distinct_networks=distinct_networks,
+    )
+
+
 def create_sampler(
     name: str,
     space: SearchSpace,
@@ -331,33 +401,22 @@ def create_sampler(
     schedule: ChoiceSchedule | None = None,
     distinct_networks: bool = False,
 ) -> PathSampler:
-    """Build the sampler called ``name`` (``uniform``, ``constraint`` or ``fair``).
+    """Build the registered sampler ``name`` (built in: ``uniform``, ``constraint``, ``fair``).
 
     ``schedule`` restricts some choices early in training (under ``fair`` the restricted
     choices draw uniformly among their allowed options, the others stay strictly fair).
     ``distinct_networks`` draws uniformly over canonical forms (``uniform``, ``constraint``).
     """
-    if name == "uniform":
-        return UniformSampler(space, rng, schedule=schedule, distinct_networks=distinct_networks)
-    if name == "fair":
-        if distinct_networks:
-            raise ConfigError(
-                "distinct-network sampling works with the uniform and constraint samplers, not fair"
-            )
-        return FairSampler(space, rng, schedule=schedule)
-    if name == "constraint":
-        if flops is None or flops_range is None:
-            raise ConfigError("constraint sampling needs a FLOPs function and range")
-        low, high = flops_range
-        return ConstraintSampler(
-            space,
-            rng,
-            flops=flops,
-            low=low,
-            high=high,
-            bins=bins,
-            max_tries=max_tries,
-            schedule=schedule,
-            distinct_networks=distinct_networks,
-        )
-    raise ConfigError(f"unknown sampler {name!r}; choose uniform, constraint or fair")
+    factory = _SAMPLERS.get(name)
+    if factory is None:
+        raise ConfigError(f"unknown sampler {name!r}; registered: {list_samplers()}")
+    return factory(
+        space,
+        rng,
+        flops=flops,
+        flops_range=flops_range,
+        bins=bins,
+        max_tries=max_tries,
+        schedule=schedule,
+        distinct_networks=distinct_networks,
+    )

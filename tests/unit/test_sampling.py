@@ -2,6 +2,8 @@
 
 from collections import Counter
 
+import pytest
+
 from spos import Choice, SearchSpace, make_rng
 from spos.sampling import ConstraintSampler, create_sampler
 
@@ -118,3 +120,34 @@ def test_distinct_network_sampling_refuses_the_fair_sampler():
 
     with pytest.raises(ConfigError, match="uniform and constraint"):
         create_sampler("fair", SPACE, make_rng(0, "f"), distinct_networks=True)
+
+
+def test_a_registered_sampler_is_selectable_by_name_in_the_config():
+    from spos.config import load_config
+    from spos.errors import ConfigError
+    from spos.sampling import (
+        _SAMPLERS,
+        UniformSampler,
+        create_sampler,
+        list_samplers,
+        register_sampler,
+    )
+    from spos.space import create_space, make_rng
+
+    assert {"uniform", "constraint", "fair"} <= set(list_samplers())
+    with pytest.raises(ConfigError, match="'supernet.sampler.name' must be one of"):
+        load_config(None, ["supernet.sampler.name=first_option"])
+
+    class FirstOption(UniformSampler):
+        def sample(self):
+            self.steps += 1
+            return self.space.arch([choice.options[0] for choice in self.space.choices])
+
+    register_sampler("first_option")(lambda space, rng, **_: FirstOption(space, rng))
+    try:
+        assert load_config(None, ["supernet.sampler.name=first_option"]).supernet.sampler.name == "first_option"
+        space = create_space("nb201")
+        sampler = create_sampler("first_option", space, make_rng(0, "t"))
+        assert sampler.sample() == space.arch([choice.options[0] for choice in space.choices])
+    finally:
+        _SAMPLERS.pop("first_option")

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from spos.rundir import RunDir
+
 log = logging.getLogger(__name__)
 
 
@@ -87,18 +89,23 @@ def _read_yaml(path: Path, unreadable: dict[str, str], *, name: str) -> dict[str
 
 
 def _read_run(run_dir: Path) -> _RunFiles:
+    run = RunDir(run_dir)
     unreadable: dict[str, str] = {}
+
+    def name(path: Path) -> str:
+        return path.relative_to(run.path).as_posix()
+
     return _RunFiles(
         run_dir=run_dir,
-        config=_read_yaml(run_dir / "config.yaml", unreadable, name="config.yaml"),
-        metrics=_read_jsonl(run_dir / "metrics.jsonl"),
-        summary=_read_json(run_dir / "summary.json", unreadable, name="summary.json") or {},
-        history=_read_jsonl(run_dir / "history.jsonl"),
-        baseline_history=_read_jsonl(run_dir / "baseline" / "history.jsonl"),
-        arch=_read_json(run_dir / "arch.json", unreadable, name="arch.json"),
-        retrain_metrics=_read_jsonl(run_dir / "retrain" / "metrics.jsonl"),
-        rank=_read_json(run_dir / "rank" / "rank.json", unreadable, name="rank/rank.json"),
-        pareto=_read_json(run_dir / "pareto.json", unreadable, name="pareto.json"),
+        config=_read_yaml(run.config, unreadable, name=name(run.config)),
+        metrics=_read_jsonl(run.metrics),
+        summary=_read_json(run.summary, unreadable, name=name(run.summary)) or {},
+        history=_read_jsonl(run.history),
+        baseline_history=_read_jsonl(run.baseline.history),
+        arch=_read_json(run.arch_json, unreadable, name=name(run.arch_json)),
+        retrain_metrics=_read_jsonl(run.retrain_metrics),
+        rank=_read_json(run.rank_json, unreadable, name=name(run.rank_json)),
+        pareto=_read_json(run.pareto, unreadable, name=name(run.pareto)),
         unreadable=unreadable,
     )
 
