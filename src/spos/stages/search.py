@@ -94,11 +94,7 @@ def _search_one(
                 f"{state_path} belongs to another supernet or strategy; delete it (or use a new "
                 "run directory) to search this supernet"
             )
-        if saved.get("estimator") != fitness.describe:
-            raise CheckpointError(
-                f"{state_path} was searched with search.estimator {saved.get('estimator')}, not "
-                f"{fitness.describe}; resume with the original estimator, or delete it to restart"
-            )
+        _check_estimator(state_path, saved, fitness.describe)
         strategy.load_state_dict(saved["state"])
         log.info("resuming %s search at generation %d", name, strategy.generation)
 
@@ -180,6 +176,28 @@ def _final_pick(
     return candidates[winner][0], finals[winner], finalists
 
 
+def _estimator_description(config: RunConfig) -> dict[str, Any] | None:
+    """What a search state's fitness values depend on beyond the supernet (None: the paper's score)."""
+    est = config.search.estimator
+    if est.is_paper:
+        return None
+    return {"weights": dict(est.weights), "pool_size": est.pool_size, "proxy_batch": est.proxy_batch}
+
+
+def _check_estimator(state_path: Path, saved: dict[str, Any] | None, describe: dict[str, Any] | None) -> None:
+    """Refuse to resume a search state whose fitness came from another estimator."""
+    if saved is None:
+        try:
+            saved = json.loads(state_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return  # absent, or corrupted: the strategy's own resume says so
+    if isinstance(saved, dict) and saved.get("estimator") != describe:
+        raise CheckpointError(
+            f"{state_path} was searched with search.estimator {saved.get('estimator') or 'the paper'}, "
+            f"not {describe or 'the paper'}; resume with the original estimator, or delete it to restart"
+        )
+
+
 def _scoring_settings(config: RunConfig) -> dict[str, Any]:
     """What a supernet score depends on besides the weights (keys its cached values)."""
     cfg = config.search
@@ -257,7 +275,8 @@ def _build_fitness(
         runtime=runtime,
     )
     weighted = [name for name in names if est.weights[name] != 0]
-    describe = {"weights": dict(est.weights), "pool_size": est.pool_size, "proxy_batch": est.proxy_batch}
+    describe = _estimator_description(config)
+    assert describe is not None
     tag = {
         **describe,
         "seed": config.seed,
@@ -330,6 +349,8 @@ def run(
     if cfg.latency_table is not None:
         tables.append(LatencyTable.load(cfg.latency_table, space=space))
     constraints = build_constraints(cfg.constraints, tables)
+    for state in (run.search_state, run.baseline.search_state):  # before any pool is scored
+        _check_estimator(state, None, _estimator_description(config))
     fitness = _build_fitness(config, session, run, constraints, runtime=runtime, progress=progress)
     # Shared by the strategy and its baseline: one score per arch.
     score_many = fitness.score_many
