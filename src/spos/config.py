@@ -454,6 +454,12 @@ class SearchConfig:
         _check(self.top_k <= self.population_size, f"{prefix}.top_k", "must be <= population_size")
         self.estimator.validate(f"{prefix}.estimator")
         _check(
+            self.final_top_k == 0 or self.estimator.is_paper,
+            f"{prefix}.final_top_k",
+            "re-scores finalists by supernet accuracy alone, which would override "
+            f"{prefix}.estimator's fitness; set it to 0 or use the default estimator",
+        )
+        _check(
             "latency" not in self.estimator.weights or self.latency_table is not None,
             f"{prefix}.estimator.weights",
             f"uses latency, which needs {prefix}.latency_table (from `spos latency-table`)",

@@ -179,3 +179,9 @@ def test_estimator_pool_and_batch_sizes_are_checked():
         load_config(None, ["search.estimator.pool_size=1"])
     with pytest.raises(ConfigError, match="search.estimator.proxy_batch"):
         load_config(None, ["search.estimator.proxy_batch=1"])
+
+
+def test_final_rescoring_is_refused_with_a_combined_estimator():
+    with pytest.raises(ConfigError, match="search.final_top_k"):
+        load_config(None, ["search.final_top_k=5", "search.estimator.weights={supernet: 1, flops: -1}"])
+    assert load_config(None, ["search.final_top_k=5"]).search.final_top_k == 5
