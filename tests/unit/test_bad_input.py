@@ -156,3 +156,21 @@ def test_checkpoint_errors_quote_one_whole_sentence(tmp_path):
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path)
     assert "do those steps" not in str(info.value) and "delete it to start over" in str(info.value)
+
+
+def test_a_supernet_with_nan_weights_cannot_be_scored():
+    import torch
+
+    from spos.scoring import ArchScorer
+    from spos.space import make_rng
+    from spos.supernet import build_supernet
+
+    space = create_space("nb201", channels=4, cells_per_stage=1, num_classes=3, input_size=8)
+    supernet = build_supernet(space)
+    with torch.no_grad():
+        for parameter in supernet.parameters():
+            parameter.fill_(float("nan"))
+    batches = [(torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0]))]
+    scorer = ArchScorer(supernet, recalibrate_batches=batches, val_batches=batches)
+    with pytest.raises(SposError, match="outputs NaN or infinite logits"):
+        scorer.score(space.sample(make_rng(0, "nan")))
