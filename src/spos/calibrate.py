@@ -104,7 +104,6 @@ def recalibrate_bn(
     try:
         for layer in layers:
             layer.reset_running_stats()
-            layer.momentum = None  # cumulative moving average: batch n gets weight 1/n
         model.train()
         # Unselected BN layers normalise with their stored statistics and keep them, so the
         # selected layers see the activations they will see at inference time.
@@ -114,9 +113,14 @@ def recalibrate_bn(
                 layer.training = False
         for batch in batches:
             inputs = _inputs_of(batch)
+            batch_count += 1
+            # Cumulative moving average: batch n gets weight 1/n. Set from Python rather than
+            # momentum=None, which makes BatchNorm read its device-side batch counter (a host
+            # sync per layer and batch on a GPU); the factor, and so the result, is the same.
+            for layer in layers:
+                layer.momentum = 1.0 / batch_count
             forward(model, inputs)
             images += int(inputs.shape[0])
-            batch_count += 1
         if all_reduce is not None and layers:
             _average_across_ranks(layers, all_reduce, batches=batch_count)
     finally:

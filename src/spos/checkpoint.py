@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,14 @@ def save_checkpoint(
     atomic_write_bytes(path, lambda handle: torch.save(payload, handle))
 
 
+def _first_sentence(text: str, limit: int = 160) -> str:
+    """The first sentence of an exception message (torch appends paragraphs of advice about
+    ``weights_only`` that do not apply: spos never unpickles arbitrary objects)."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    sentence = re.split(r"(?<=[.!?])\s", line, maxsplit=1)[0]
+    return sentence if len(sentence) <= limit else sentence[: limit - 3].rsplit(" ", 1)[0] + "..."
+
+
 def load_checkpoint(
     path: str | os.PathLike[str], *, kind: str | None = None, map_location: Any = "cpu"
 ) -> dict[str, Any]:
@@ -84,14 +93,17 @@ def load_checkpoint(
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for truncated or foreign files
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        reason = _first_sentence(str(exc)) or type(exc).__name__
         raise CheckpointError(
             f"checkpoint {path} cannot be read safely ({reason}); it is corrupted or not an "
             "spos checkpoint: delete it to start over, or point at the right file"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not an spos checkpoint")
-    if int(payload.get("format_version", 0)) > CHECKPOINT_VERSION:
+    version = payload.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"{path} has a malformed format_version {str(version)[:40]!r}; it is not a valid spos checkpoint")
+    if version > CHECKPOINT_VERSION:
         raise CheckpointError(
             f"{path} has checkpoint format {payload['format_version']}, newer than this spos "
             f"({CHECKPOINT_VERSION}); upgrade spos"

@@ -81,6 +81,18 @@ def _run_dir(text: str) -> Path:
     return path
 
 
+def _proxy_names(text: str) -> list[str]:
+    """argparse type of ``rank --proxies``: comma-separated names, or ``all``."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give proxy names, e.g. naswot,synflow,jacob_cov (or all)")
+    if names == ["all"]:
+        from spos.proxies import list_proxies
+
+        return list_proxies()
+    return list(dict.fromkeys(names))
+
+
 def _add_trust_plugins(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--trust-plugins",
@@ -122,9 +134,11 @@ def _cmd_search(args: argparse.Namespace) -> int:
         config, Path(args.out), runtime=runtime, progress=_TqdmProgress, supernet_path=args.supernet
     )
     if runtime.is_main:
-        line = f"search ({summary['strategy']}): best {summary['best_score']:.2f}% {summary['best_costs']}"
+        # The paper's fitness is an accuracy in %; an estimator's a weighted mean percentile.
+        unit = "%" if "estimator" not in summary else f"/100 (estimator {summary['estimator']['weights']})"
+        line = f"search ({summary['strategy']}): best {summary['best_score']:.2f}{unit} {summary['best_costs']}"
         if "baseline" in summary:
-            line += f"; random baseline best {summary['baseline']['best_score']:.2f}%"
+            line += f"; random baseline best {summary['baseline']['best_score']:.2f}{unit.split(' ')[0]}"
         print(line)
         print(f"architecture written to {RunDir(args.out).arch_json}")
     runtime.close()
@@ -174,6 +188,7 @@ def _cmd_rank(args: argparse.Namespace) -> int:
         num_archs=args.num_archs,
         progress=_TqdmProgress,
         supernet_path=args.supernet,
+        proxies=args.proxies,
     )
     if runtime.is_main:
         print(
@@ -187,6 +202,13 @@ def _cmd_rank(args: argparse.Namespace) -> int:
             "  baselines on the same architectures: Kendall tau of params "
             f"{_figure(baselines['params']['kendall_tau'], '.3f')}, of FLOPs {_figure(baselines['flops']['kendall_tau'], '.3f')}"
         )
+        if "signals" in summary:
+            print(f"  {'signal':<12} {'tau':>7} {'rho':>7} {'P@5%':>6} {'P@10%':>6}")
+            for name, row in summary["signals"].items():
+                print(
+                    f"  {name:<12} {row['kendall_tau']:>7.3f} {row['spearman_rho']:>7.3f} "
+                    f"{row['precision_at_5pct']:>6.2f} {row['precision_at_10pct']:>6.2f}"
+                )
         for row in summary["option_bias"][:3]:
             if not (_finite(row["bias"]) and _finite(row["tau_truth"]) and _finite(row["tau_proxy"])):
                 continue
@@ -352,6 +374,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--num-archs", type=int, default=200, help="architectures to score (one per isomorphism class)")
     p.add_argument("--supernet", type=Path, default=None, help="supernet checkpoint (default: RUN/supernet.ckpt)")
+    p.add_argument(
+        "--proxies",
+        type=_proxy_names,
+        default=None,
+        metavar="NAMES",
+        help="also rank by these zero-cost proxies (comma-separated, e.g. naswot,synflow,jacob_cov; 'all': every "
+        "registered one) and by params/FLOPs, computed at initialisation on search.estimator.proxy_batch images",
+    )
     p.add_argument("--config", type=Path, default=None, help="config (default: RUN/config.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. search.recalibrate_images=2000")
     p.set_defaults(handler=_cmd_rank)

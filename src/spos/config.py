@@ -33,6 +33,7 @@ __all__ = [
     "GroundTruthConfig",
     "RuntimeConfig",
     "ConstraintConfig",
+    "EstimatorConfig",
     "SearchConfig",
     "RetrainConfig",
     "RunConfig",
@@ -342,6 +343,58 @@ class ConstraintConfig:
     """Largest allowed value (inclusive); None: no upper bound."""
 
 
+#: Cost metrics a run's tables can provide (``latency`` needs ``search.latency_table``).
+COST_SIGNALS = ("flops", "params", "params_total", "bitops", "size_bits", "latency")
+
+
+@dataclass
+class EstimatorConfig:
+    """How search scores a candidate (SPEC section 4, "Estimators").
+
+    The default, ``weights: {supernet: 1.0}``, is the paper's method: a candidate's fitness is
+    its supernet score (validation accuracy with inherited weights after BN recalibration).
+    Any other weights combine signals by rank aggregation (:class:`spos.estimator.
+    PercentileEstimator`): each weighted signal becomes a percentile in a fixed, seeded
+    reference pool of ``pool_size`` random feasible architectures, and the fitness is the
+    weighted mean percentile (0-100)."""
+
+    weights: dict[str, float] = field(default_factory=lambda: {"supernet": 1.0})
+    """``{signal: weight}``. Signals: ``supernet``, a zero-cost proxy (synflow, naswot,
+    jacob_cov, grad_norm, snip), or a cost metric (flops, params, ...). A negative weight means
+    lower is better (e.g. ``flops: -0.5``); a weight of 0 records the signal per candidate in
+    history.jsonl without using it."""
+    pool_size: int = 256
+    """Random feasible architectures in the reference pool (scored once, saved in the run
+    directory as estimator_pool.json); not used by the paper's pure supernet score."""
+    proxy_batch: int = 64
+    """Training images (a seeded draw) that zero-cost proxies are computed on, here and in
+    ``spos rank --proxies``."""
+
+    @property
+    def is_paper(self) -> bool:
+        """True for the paper's method: the supernet score alone is the fitness."""
+        return set(self.weights) == {"supernet"} and self.weights["supernet"] > 0
+
+    def validate(self, prefix: str) -> None:
+        _check(bool(self.weights), f"{prefix}.weights", "must name at least one signal, e.g. {supernet: 1.0}")
+        _check(
+            any(weight != 0 for weight in self.weights.values()),
+            f"{prefix}.weights",
+            "must give at least one signal a non-zero weight",
+        )
+        known = {"supernet", *COST_SIGNALS}
+        unknown = [name for name in self.weights if name not in known]
+        if unknown:
+            # Imported only when needed: the proxy registry pulls in torch.
+            from spos.proxies import list_proxies
+
+            valid = ["supernet", *(p for p in list_proxies() if p not in known), *COST_SIGNALS]
+            bad = [name for name in unknown if name not in valid]
+            _check(not bad, f"{prefix}.weights", f"names unknown signal(s) {bad}; valid signals: {valid}")
+        _check(self.pool_size >= 2, f"{prefix}.pool_size", "must be at least 2")
+        _check(self.proxy_batch >= 2, f"{prefix}.proxy_batch", "must be at least 2 (naswot and jacob_cov compare images)")
+
+
 @dataclass
 class SearchConfig:
     strategy: Literal["evolution", "random"] = "evolution"
@@ -387,6 +440,9 @@ class SearchConfig:
     """Recalibration images of the final re-scoring (None: ``recalibrate_images``)."""
     final_val_images: int | None = None
     """Validation images of the final re-scoring (None: the whole held-out split)."""
+    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
+    """Fitness of a candidate: the paper's supernet score (default) or a rank aggregation of
+    the supernet score, zero-cost proxies and cost metrics."""
 
     def validate(self, prefix: str) -> None:
         for name in ("population_size", "generations", "top_k", "recalibrate_images", "batch_size"):
@@ -396,6 +452,18 @@ class SearchConfig:
             value = getattr(self, name)
             _check(value is None or value >= 1, f"{prefix}.{name}", "must be at least 1 (or null)")
         _check(self.top_k <= self.population_size, f"{prefix}.top_k", "must be <= population_size")
+        self.estimator.validate(f"{prefix}.estimator")
+        _check(
+            self.final_top_k == 0 or self.estimator.is_paper,
+            f"{prefix}.final_top_k",
+            "re-scores finalists by supernet accuracy alone, which would override "
+            f"{prefix}.estimator's fitness; set it to 0 or use the default estimator",
+        )
+        _check(
+            "latency" not in self.estimator.weights or self.latency_table is not None,
+            f"{prefix}.estimator.weights",
+            f"uses latency, which needs {prefix}.latency_table (from `spos latency-table`)",
+        )
         _check(0 <= self.mutation_prob <= 1, f"{prefix}.mutation_prob", "must be in [0, 1]")
         for i, c in enumerate(self.constraints):
             _check(

@@ -52,7 +52,8 @@ class PercentileEstimator:
 
     Raises:
         ValueError: No signal has a non-zero weight, a weighted signal has no pool values,
-            or a pool value is not finite.
+            or a pool value is NaN or +inf (-inf, a degenerate network's proxy value, ranks
+            lowest).
     """
 
     weights: Mapping[str, float]
@@ -69,7 +70,9 @@ class PercentileEstimator:
             values = self.pool.get(name)
             if not values:
                 raise ValueError(f"the reference pool has no values of signal {name!r}")
-            if not all(math.isfinite(v) for v in values):
+            # -inf is a proxy's value for a degenerate network (its output ignores its input):
+            # it ranks below every other, which a percentile handles. NaN and +inf are errors.
+            if not all(math.isfinite(v) or v == -math.inf for v in values):
                 raise ValueError(f"the reference pool's values of {name!r} are not all finite")
         # Sorted once: each candidate then costs one binary search per signal.
         sorted_pool = {name: sorted(self.pool[name]) for name, w in self.weights.items() if w != 0}

@@ -113,6 +113,18 @@ class RunDir:
         return self.path / "search_state.json"
 
     @property
+    def estimator_pool(self) -> Path:
+        """``estimator_pool.json``: the reference pool of ``search.estimator`` (its
+        architectures and each weighted signal's values), computed once and reused on resume."""
+        return self.path / "estimator_pool.json"
+
+    @property
+    def signals(self) -> Path:
+        """``signals.jsonl``: the resumable cache of every signal value search computed
+        (supernet scores, proxies) when ``search.estimator`` is not the paper's score."""
+        return self.path / "signals.jsonl"
+
+    @property
     def baseline(self) -> RunDir:
         """``baseline/``: the random-search baseline, with the search file names."""
         return RunDir(self.path / "baseline")
@@ -160,6 +172,11 @@ class RunDir:
     def rank_scores(self) -> Path:
         """``rank/scores.jsonl``: the resumable score cache of ``spos rank``."""
         return self.rank_dir / "scores.jsonl"
+
+    @property
+    def rank_proxies(self) -> Path:
+        """``rank/proxies.jsonl``: the resumable proxy cache of ``spos rank --proxies``."""
+        return self.rank_dir / "proxies.jsonl"
 
     @property
     def rank_csv(self) -> Path:

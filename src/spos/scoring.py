@@ -29,6 +29,7 @@ import torch
 from spos import data as spos_data
 from spos.arch import Arch
 from spos.calibrate import recalibrate_bn
+from spos.errors import SposError
 from spos.space import SearchSpace, seed_from
 from spos.train import evaluate as evaluate_model
 
@@ -90,6 +91,12 @@ class ArchScorer:
     def evaluate(self, arch: Arch) -> tuple[int, int]:
         """(correct, total) of ``arch`` on the validation batches (current BN buffers)."""
         accuracy = evaluate_model(self.supernet, self.val_batches, arch=arch)
+        if accuracy.nonfinite:
+            raise SposError(
+                f"the supernet outputs NaN or infinite logits for architecture {arch.short()} on "
+                f"{accuracy.nonfinite} of {accuracy.images} validation images, so its score means "
+                "nothing; the checkpoint is broken: train the supernet again"
+            )
         return accuracy.correct, accuracy.images
 
     @torch.no_grad()

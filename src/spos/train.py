@@ -126,6 +126,8 @@ class Accuracy:
     correct: int
     correct_topk: int
     k: int
+    nonfinite: int = 0
+    """Images whose logits hold a NaN or an infinity (their argmax means nothing)."""
 
     @property
     def top1(self) -> float:
@@ -154,15 +156,16 @@ def evaluate(
     """
     was_training = model.training
     model.eval()
-    correct = correct_topk = images = 0
+    correct = correct_topk = images = nonfinite = 0
     for inputs, labels in batches:
         logits = model(inputs) if arch is None else model(inputs, arch)
         correct += int((logits.argmax(dim=1) == labels).sum())
+        nonfinite += int((~torch.isfinite(logits)).any(dim=1).sum())
         if k > 1:
             correct_topk += int((logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum())
         images += int(labels.numel())
     model.train(was_training)
-    return Accuracy(images, correct, correct if k == 1 else correct_topk, k)
+    return Accuracy(images, correct, correct if k == 1 else correct_topk, k, nonfinite)
 
 
 def check_global_batch(payload: Mapping[str, Any], batch_size: int, *, section: str, path: Path) -> None:

@@ -85,5 +85,29 @@ def test_rank_reports_correlations_that_match_its_own_scores(tmp_path):
     assert cache.read_text().count("\n") == lines + 12
     assert json.loads((run_dir / "rank" / "rank.json").read_text())["val_images"] == 16
 
+    # Zero-cost proxies beside the supernet: per-signal figures, one csv column each, cached.
+    with_proxies = [*args, "--proxies", "naswot,synflow", "threads=1", "search.estimator.proxy_batch=8"]
+    proxied = run_cli(*with_proxies)
+    assert proxied.returncode == 0, proxied.stderr[-2000:]
+    report = json.loads((run_dir / "rank" / "rank.json").read_text())
+    assert list(report["signals"]) == ["supernet", "naswot", "synflow", "params", "flops"]
+    assert report["proxy_batch"] == 8
+    with (run_dir / "rank" / "scores.csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    truth_col = [float(row["acc"]) for row in table]
+    for name in ("naswot", "synflow", "params", "flops"):
+        column_values = [float(row[name]) for row in table]
+        assert report["signals"][name]["kendall_tau"] == round(kendalltau(truth_col, column_values)[0], 4)
+    assert report["signals"]["params"] == report["cost_baselines"]["params"]
+    assert report["signals"]["supernet"]["kendall_tau"] == report["kendall_tau"]
+    assert "naswot" in proxied.stdout and "synflow" in proxied.stdout and "P@5%" in proxied.stdout
+    proxy_cache = run_dir / "rank" / "proxies.jsonl"
+    assert proxy_cache.read_text().count("\n") == 2 * 12
+    again = run_cli(*with_proxies)
+    assert again.returncode == 0 and proxy_cache.read_text().count("\n") == 2 * 12  # resumed, not recomputed
+    assert json.loads((run_dir / "rank" / "rank.json").read_text())["signals"] == report["signals"]
+    unknown = run_cli(*args, "--proxies", "naswot,zen", "threads=1")
+    assert unknown.returncode == 2 and "unknown proxies ['zen']" in unknown.stderr and "synflow" in unknown.stderr
+
     bad = run_cli(*args[:-4], "--column", "top1", "--num-archs", "12")
     assert bad.returncode == 2 and "no column 'top1'" in bad.stderr and "Traceback" not in bad.stderr

@@ -138,3 +138,67 @@ def test_final_rescoring_picks_the_best_of_the_top_k_on_the_larger_sample(traine
     saved = json.loads((run_dir / "arch.json").read_text())
     assert saved["score"] == finalists[0]["final_score"]
     assert reference_summary["best_score"] == top4[0]["score"]
+
+
+ESTIMATOR = [
+    "search.generations=3",
+    "search.population_size=6",
+    "search.top_k=3",
+    "search.mutation_count=3",
+    "search.crossover_count=2",
+    "search.estimator={weights: {supernet: 1.0, flops: -1.0, params: 0}, pool_size: 12}",
+]
+
+
+@pytest.fixture(scope="module")
+def estimated(trained, tmp_path_factory):
+    run_dir = _copy_supernet(trained, tmp_path_factory.mktemp("estimator"))
+    summary = search.run(load_config(SMOKE, ESTIMATOR), run_dir, runtime=Runtime.from_env("cpu", threads=2))
+    return run_dir, summary
+
+
+def test_estimator_fitness_is_the_percentile_estimators_value_of_the_recorded_signals(estimated):
+    from spos.estimator import PercentileEstimator
+
+    run_dir, summary = estimated
+    pool = json.loads((run_dir / "estimator_pool.json").read_text())
+    assert len(pool["archs"]) == 12 and set(pool["signals"]) == {"supernet", "flops"}  # weight 0: no pool
+    estimator = PercentileEstimator({"supernet": 1.0, "flops": -1.0, "params": 0.0}, pool["signals"])
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert len(history) == 18
+    for record in history:
+        assert set(record["signals"]) == {"supernet", "flops", "params"}
+        assert record["signals"]["flops"] == record["flops"] and record["signals"]["params"] == record["params"]
+        assert record["score"] == estimator.score(record["signals"])
+    # The pure supernet scores are accuracies on 64 images; the fitness mixes in FLOPs (lower is better).
+    assert all(float(r["signals"]["supernet"] * 64 / 100).is_integer() for r in history)
+    best = max(history, key=lambda r: r["score"])
+    assert summary["best_score"] == best["score"]
+    assert summary["estimator"]["weights"] == {"supernet": 1.0, "flops": -1.0, "params": 0.0}
+    assert summary["estimator"]["best_percentiles"] == {
+        k: round(100 * v, 2) for k, v in estimator.percentiles(best["signals"]).items()
+    }
+    saved = json.loads((run_dir / "arch.json").read_text())
+    assert saved["estimator"] == {"supernet": 1.0, "flops": -1.0, "params": 0.0}
+    assert json.loads((run_dir / "summary.json").read_text())["search"]["estimator"] == summary["estimator"]
+
+
+def test_estimator_search_resumes_to_the_uninterrupted_result(trained, estimated, tmp_path):
+    reference, _ = estimated
+    run_dir = _copy_supernet(trained, tmp_path / "resumed")
+    runtime = Runtime.from_env("cpu", threads=2)
+    # Stopped after its first generation (a search's state is saved after each one) ...
+    search.run(load_config(SMOKE, [*ESTIMATOR, "search.generations=1"]), run_dir, runtime=runtime)
+    pool = (run_dir / "estimator_pool.json").read_bytes()
+    stamp = (run_dir / "estimator_pool.json").stat().st_mtime_ns
+    assert json.loads((run_dir / "search_state.json").read_text())["state"]["generation"] == 1
+    # ... then resumed: the saved pool is reused as is and the result is the uninterrupted one.
+    search.run(load_config(SMOKE, ESTIMATOR), run_dir, runtime=runtime)
+    assert (run_dir / "estimator_pool.json").read_bytes() == pool == (reference / "estimator_pool.json").read_bytes()
+    assert (run_dir / "estimator_pool.json").stat().st_mtime_ns == stamp
+    assert (run_dir / "history.jsonl").read_text() == (reference / "history.jsonl").read_text()
+    assert (run_dir / "arch.json").read_text() == (reference / "arch.json").read_text()
+    # Another estimator cannot resume this state.
+    other = run_cli("search", "--config", str(SMOKE), "--out", str(run_dir), *ESTIMATOR[:-1],
+                    "search.estimator.weights={supernet: 1.0, flops: -0.5}")  # fmt: skip
+    assert other.returncode == 2 and "search.estimator" in other.stderr and "Traceback" not in other.stderr

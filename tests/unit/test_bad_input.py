@@ -242,3 +242,47 @@ def test_an_undefined_correlation_prints_as_undefined_not_nan():
 
     assert _figure(float("nan"), ".3f") == "undefined" == _figure(None, ".3f")
     assert _figure(0.51234, ".3f") == "0.512"
+
+
+def test_a_corrupted_gzip_idx_file_is_one_data_error(tmp_path):
+    import gzip
+
+    from spos.data import read_idx
+    from spos.errors import DataError
+
+    raw = gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 4, 1, 2, 3, 4]) * 50)
+    path = tmp_path / "train-labels-idx1-ubyte.gz"
+    path.write_bytes(raw[:10] + b"\x00" * 20 + raw[30:])
+    with pytest.raises(DataError, match="not a readable gzip file"):
+        read_idx(path)
+
+
+def test_checkpoint_errors_quote_one_whole_sentence(tmp_path):
+    from spos.checkpoint import _first_sentence, load_checkpoint
+    from spos.errors import CheckpointError
+
+    advice = "Weights only load failed. This file can still be loaded, to do so you have two options, do those steps only if you trust the source."
+    assert _first_sentence(advice) == "Weights only load failed."
+    path = tmp_path / "supernet.ckpt"
+    path.write_bytes(b"\x80\x04garbage")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert "do those steps" not in str(info.value) and "delete it to start over" in str(info.value)
+
+
+def test_a_supernet_with_nan_weights_cannot_be_scored():
+    import torch
+
+    from spos.scoring import ArchScorer
+    from spos.space import make_rng
+    from spos.supernet import build_supernet
+
+    space = create_space("nb201", channels=4, cells_per_stage=1, num_classes=3, input_size=8)
+    supernet = build_supernet(space)
+    with torch.no_grad():
+        for parameter in supernet.parameters():
+            parameter.fill_(float("nan"))
+    batches = [(torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0]))]
+    scorer = ArchScorer(supernet, recalibrate_batches=batches, val_batches=batches)
+    with pytest.raises(SposError, match="outputs NaN or infinite logits"):
+        scorer.score(space.sample(make_rng(0, "nan")))

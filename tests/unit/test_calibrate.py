@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -204,3 +206,29 @@ def test_layers_without_running_statistics_are_refused():
     layer = nn.BatchNorm2d(3, track_running_stats=False)
     with pytest.raises(ValueError, match="track_running_stats"):
         recalibrate_bn(layer, random_batches())
+
+
+def test_the_python_side_averaging_factor_matches_momentum_none_bit_for_bit():
+    import torch
+    from torch import nn
+
+    from spos.calibrate import recalibrate_bn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3), nn.BatchNorm2d(4))
+    batches = [torch.randn(5, 3, 9, 9) * (i + 1) for i in range(7)]
+    reference = [(bn, bn.momentum) for bn in (model[1], model[4])]
+    expected = []
+    with torch.no_grad():
+        clone = copy.deepcopy(model)
+        for bn in (clone[1], clone[4]):
+            bn.reset_running_stats()
+            bn.momentum = None  # PyTorch's own cumulative average
+        clone.train()
+        for batch in batches:
+            clone(batch)
+        expected = [(bn.running_mean.clone(), bn.running_var.clone()) for bn in (clone[1], clone[4])]
+    recalibrate_bn(model, batches)
+    for (bn, momentum), (mean, var) in zip(reference, expected, strict=True):
+        assert torch.equal(bn.running_mean, mean) and torch.equal(bn.running_var, var)
+        assert bn.momentum == momentum  # restored

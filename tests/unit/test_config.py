@@ -145,3 +145,43 @@ def test_values_quoted_in_errors_are_truncated():
     with pytest.raises(ConfigError) as info:
         load_config(None, ["supernet.steps=" + "x" * 5000])
     assert len(str(info.value)) < 300
+
+
+def test_the_default_estimator_is_the_papers_supernet_score():
+    estimator = load_config(None).search.estimator
+    assert estimator.weights == {"supernet": 1.0} and estimator.is_paper
+    assert load_config(None, ["search.estimator.weights={supernet: 2}"]).search.estimator.is_paper
+    mixed = load_config(None, ["search.estimator.weights={supernet: 1, flops: -0.5, naswot: 0}"]).search.estimator
+    assert not mixed.is_paper and mixed.weights == {"supernet": 1.0, "flops": -0.5, "naswot": 0.0}
+
+
+@pytest.mark.parametrize(
+    "weights, message",
+    [
+        ("{supernet: 1, zen: 1}", "unknown signal(s) ['zen']; valid signals: ['supernet', "),
+        ("{}", "must name at least one signal"),
+        ("{supernet: 0, flops: 0}", "at least one signal a non-zero weight"),
+        ("{supernet: .nan}", "must be a finite number"),
+        ("{latency: -1}", "needs search.latency_table"),
+    ],
+)
+def test_bad_estimator_weights_get_one_clear_error(weights, message):
+    with pytest.raises(ConfigError, match="search.estimator.weights") as error:
+        load_config(None, [f"search.estimator.weights={weights}"])
+    assert message in str(error.value)
+    if "valid signals" in message:
+        for name in ("naswot", "synflow", "jacob_cov", "grad_norm", "snip", "flops", "params"):
+            assert f"'{name}'" in str(error.value)
+
+
+def test_estimator_pool_and_batch_sizes_are_checked():
+    with pytest.raises(ConfigError, match="search.estimator.pool_size"):
+        load_config(None, ["search.estimator.pool_size=1"])
+    with pytest.raises(ConfigError, match="search.estimator.proxy_batch"):
+        load_config(None, ["search.estimator.proxy_batch=1"])
+
+
+def test_final_rescoring_is_refused_with_a_combined_estimator():
+    with pytest.raises(ConfigError, match="search.final_top_k"):
+        load_config(None, ["search.final_top_k=5", "search.estimator.weights={supernet: 1, flops: -1}"])
+    assert load_config(None, ["search.final_top_k=5"]).search.final_top_k == 5

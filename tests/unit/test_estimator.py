@@ -78,3 +78,12 @@ def test_missing_or_nan_candidate_signals_are_refused():
         estimator.score({"b": 1.0})
     with pytest.raises(ValueError, match="NaN"):
         estimator.score({"a": float("nan")})
+
+
+def test_a_degenerate_networks_minus_infinity_ranks_lowest():
+    # A proxy gives -inf for a network whose output ignores its input (spos.proxies).
+    estimator = PercentileEstimator({"naswot": 1.0}, {"naswot": [float("-inf"), 1.0, 2.0, 3.0]})
+    assert estimator.score({"naswot": float("-inf")}) == pytest.approx(12.5)
+    assert estimator.score({"naswot": 0.5}) == pytest.approx(25.0)
+    with pytest.raises(ValueError, match="not all finite"):
+        PercentileEstimator({"a": 1.0}, {"a": [1.0, float("nan")]})

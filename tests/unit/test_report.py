@@ -465,3 +465,27 @@ def test_accuracy_plot_falls_back_to_flops_without_pareto_json(tmp_path: Path) -
     assert sections._cost_metric(run) == "flops" and sections._pareto_records(run, "flops") is None
     page = write_report(tmp_path / "run").read_text(encoding="utf-8")
     assert "Accuracy against FLOPs: candidates, Pareto front, chosen architecture" in page
+
+
+def test_key_figures_show_which_signals_drove_the_pick():
+    from spos.report.tables import _rank_figures, _search_figures
+
+    search = {
+        "strategy": "evolution",
+        "best_score": 66.67,
+        "estimator": {
+            "weights": {"supernet": 1.0, "flops": -0.5, "naswot": 0.0},
+            "pool_size": 16,
+            "best_signals": {"supernet": 31.25, "flops": 312864.0, "naswot": 70.7},
+            "best_percentiles": {"supernet": 81.25, "flops": 37.5},
+        },
+    }
+    rows = {quantity: value for _, quantity, value in _search_figures(search)}
+    assert rows["best fitness (weighted mean percentile)"].endswith("/ 100")
+    assert rows["estimator weights"].startswith("supernet 1") and "flops -0.5" in rows["estimator weights"]
+    assert rows["chosen arch: supernet"].endswith("(percentile 81.2)")
+    assert rows["chosen arch: flops"].endswith("(percentile 37.5)")
+    assert "percentile" not in rows["chosen arch: naswot"]  # recorded, not weighted
+    assert "best val. score" in {q for _, q, _ in _search_figures({"best_score": 80.0})}
+    rank = {"kendall_tau": 0.5, "signals": {"supernet": {"kendall_tau": 0.5}, "naswot": {"kendall_tau": 0.61, "precision_at_5pct": 0.2}}}
+    assert ("rank", "naswot: Kendall tau, P@5%", "0.610, 0.20") in _rank_figures(rank)

@@ -145,7 +145,7 @@ def _search_figures(search: Mapping[str, Any]) -> list[_Row]:
         ("search", "evaluations", _format_value(search.get("evaluations"))),
         ("search", "generations", _format_value(search.get("generations"))),
         ("search", "search time", _format_seconds(search.get("seconds"))),
-        ("search", "best val. score", _format_percent(search.get("best_score"))),
+        _best_score_row(search),
         ("search", "best FLOPs (multiply-accumulates)", _format_count(costs.get("flops"), "FLOPs")),
         ("search", "best params", _format_count(costs.get("params"))),
         ("search", "constraints", _format_constraints(search.get("constraints"))),
@@ -157,6 +157,7 @@ def _search_figures(search: Mapping[str, Any]) -> list[_Row]:
     for key in ("latency", "bitops"):
         if costs.get(key) is not None:
             rows.append(("search", f"best {key}", _format_value(costs[key])))
+    rows += _estimator_rows(search)
     baseline = _section(search, "baseline")
     if baseline:
         rows += [
@@ -164,6 +165,33 @@ def _search_figures(search: Mapping[str, Any]) -> list[_Row]:
             ("search", "random baseline evaluations", _format_value(baseline.get("evaluations"))),
             ("search", "evolution beats baseline", _format_value(search.get("beats_baseline"))),
         ]
+    return rows
+
+
+def _best_score_row(search: Mapping[str, Any]) -> _Row:
+    if not isinstance(search.get("estimator"), dict):
+        return ("search", "best val. score", _format_percent(search.get("best_score")))
+    return ("search", "best fitness (weighted mean percentile)", f"{_format_value(search.get('best_score'))} / 100")
+
+
+def _estimator_rows(search: Mapping[str, Any]) -> list[_Row]:
+    """Which signals drove the pick: the estimator's weights, then each signal of the chosen
+    architecture with its percentile in the reference pool (reversed for negative weights)."""
+    estimator = search.get("estimator")
+    if not isinstance(estimator, dict) or not isinstance(estimator.get("weights"), dict):
+        return []
+    weights = estimator["weights"]
+    rows = [
+        ("search", "estimator weights", ", ".join(f"{k} {_format_value(v)}" for k, v in weights.items())),
+        ("search", "estimator reference pool", f"{_format_value(estimator.get('pool_size'))} architectures"),
+    ]
+    values = estimator.get("best_signals") if isinstance(estimator.get("best_signals"), dict) else {}
+    percentiles = estimator.get("best_percentiles") if isinstance(estimator.get("best_percentiles"), dict) else {}
+    for name in weights:
+        cell = _format_value(values.get(name))
+        if _number(percentiles.get(name)) is not None:
+            cell += f" (percentile {percentiles[name]:.1f})"
+        rows.append(("search", f"chosen arch: {name}", cell))
     return rows
 
 
@@ -204,6 +232,11 @@ def _rank_figures(rank: Mapping[str, Any] | None) -> list[_Row]:
     params_tau = _params_baseline_tau(rank)
     if params_tau is not None:
         rows.append(("rank", "Kendall tau of params alone (baseline)", f"{params_tau:.3f}"))
+    signals = rank.get("signals") if isinstance(rank.get("signals"), dict) else {}
+    for name, figures in signals.items():
+        if name != "supernet" and isinstance(figures, dict) and _number(figures.get("kendall_tau")) is not None:
+            p5 = _number(figures.get("precision_at_5pct"))
+            rows.append(("rank", f"{name}: Kendall tau, P@5%", f"{figures['kendall_tau']:.3f}, {p5 if p5 is not None else float('nan'):.2f}"))
     return rows
 
 

@@ -11,6 +11,13 @@ zero-cost baselines a supernet has to beat). Writes ``rank/rank.json``, ``rank/s
 Scores are appended to ``rank/scores.jsonl`` as they come (keyed by the supernet's weight
 hash), so an interrupted ranking resumes without rescoring; candidates are sharded across
 ranks under torchrun like search candidates.
+
+With ``proxies`` (``spos rank --proxies naswot,synflow``), the named zero-cost proxies are
+computed at initialisation for the same architectures on a seeded batch of
+``search.estimator.proxy_batch`` training images (cached in ``rank/proxies.jsonl``, resumable
+the same way), and ``rank.json`` gets a ``signals`` section: Kendall tau, Spearman rho and
+precision@5%/10% of the supernet, of each proxy and of params/FLOPs, side by side; each
+signal is a column of ``rank/scores.csv``.
 """
 
 from __future__ import annotations
@@ -28,8 +35,10 @@ from spos.dist import Runtime
 from spos.errors import ConfigError, DataError
 from spos.groundtruth import GroundTruth
 from spos.io import atomic_write_text, write_json
+from spos.proxies import list_proxies
 from spos.rundir import RunDir, update_summary
 from spos.scoring import CachedScorer
+from spos.signals import SignalSource, proxy_batch
 from spos.space import make_rng
 from spos.stages.common import ProgressFactory, null_progress, open_for_scoring, run_costs
 from spos.stats import option_bias, rank_correlations
@@ -61,6 +70,40 @@ def _check_rankable(truth: GroundTruth, column: str, true_values: list[float]) -
         )
 
 
+def _proxy_signals(
+    names: list[str], archs: list[Arch], *, config: RunConfig, session, run: RunDir, costs, runtime: Runtime, progress
+) -> dict[str, list[float]]:
+    """``{signal: values}`` of ``archs`` for the proxies ``names`` plus params and FLOPs
+    (empty without names); proxy values are cached in ``rank/proxies.jsonl``."""
+    if not names:
+        return {}
+    free = ("params", "flops")
+    network = [name for name in dict.fromkeys(names) if name not in free]
+    images, labels = proxy_batch(
+        session.data, runtime, seed=config.seed, size=config.search.estimator.proxy_batch
+    ) if network else (None, None)  # fmt: skip
+    source = SignalSource(
+        [*network, *free],
+        space=session.space,
+        costs_of=lambda arch: {metric: float(costs.cost(arch, metric)) for metric in free},
+        images=images,
+        labels=labels,
+        seed=config.seed,
+        store=run.rank_proxies,
+        runtime=runtime,
+    )
+    bar = (
+        progress(total=source.missing(archs), description="rank (proxies)")
+        if runtime.is_main
+        else null_progress(total=0)
+    )
+    try:
+        rows = source.values(archs, on_value=lambda arch, value: bar.update(1))
+    finally:
+        bar.close()
+    return {name: [row[name] for row in rows] for name in source.names}
+
+
 def run(
     config: RunConfig,
     run_dir: Path,
@@ -69,8 +112,10 @@ def run(
     num_archs: int,
     progress: ProgressFactory = null_progress,
     supernet_path: Path | None = None,
+    proxies: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Rank ``num_archs`` architectures of ``config.ground_truth`` with the supernet of ``run_dir``."""
+    """Rank ``num_archs`` architectures of ``config.ground_truth`` with the supernet of ``run_dir``
+    (and with each of ``proxies``, zero-cost proxy names, beside it)."""
     if not config.ground_truth.path:
         raise ConfigError(
             "spos rank needs true accuracies: give --ground-truth CSV --column NAME, or set "
@@ -86,6 +131,9 @@ def run(
     payload = load_checkpoint(checkpoint_path, kind="supernet", map_location="cpu")
     session = open_for_scoring(config, payload, checkpoint_path, runtime)
     space, fingerprint, scorer = session.space, session.fingerprint, session.scorer
+    unknown = [name for name in proxies or [] if name not in list_proxies()]
+    if unknown:  # before any scoring: plugins (which may register proxies) are loaded by now
+        raise ConfigError(f"--proxies names unknown proxies {unknown}; registered proxies: {list_proxies()}")
     column = str(config.ground_truth.column)
     truth = GroundTruth.load(Path(config.ground_truth.path), space, column)
     indices = truth.sample(num_archs, make_rng(config.seed, "rank-archs"))
@@ -137,6 +185,11 @@ def run(
         }
         for metric in ("params", "flops")
     }
+    signals = _proxy_signals(
+        proxies or [], archs, config=config, session=session, run=run, costs=costs, runtime=runtime, progress=progress
+    )
+    if signals:
+        signals = {"supernet": scores, **signals}
     summary: dict[str, Any] = {
         "ground_truth": str(truth.path),
         "column": column,
@@ -156,13 +209,20 @@ def run(
         "seconds": round(watch(), 1),
         "points": [[t, s] for t, s in zip(true_values, scores, strict=True)],
     }
+    if signals:
+        summary["proxy_batch"] = config.search.estimator.proxy_batch
+        summary["signals"] = {
+            name: {k: round(v, 4) for k, v in rank_correlations(true_values, values).items()}
+            for name, values in signals.items()
+        }
     if runtime.is_main:
         write_json(run.rank_json, summary)
         table = io.StringIO()
         writer = csv.writer(table)
-        writer.writerow(["arch", "group", column, "supernet_score"])
-        for i, arch, value, score in zip(indices, archs, true_values, scores, strict=True):
-            writer.writerow([arch.short(), truth.groups[i], value, score])
+        extra = [name for name in signals if name != "supernet"]
+        writer.writerow(["arch", "group", column, "supernet_score", *extra])
+        for row, (i, arch, value, score) in enumerate(zip(indices, archs, true_values, scores, strict=True)):
+            writer.writerow([arch.short(), truth.groups[i], value, score, *(signals[n][row] for n in extra)])
         atomic_write_text(run.rank_csv, table.getvalue())
         from spos.report import write_rank_plot
 

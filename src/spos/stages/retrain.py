@@ -214,6 +214,31 @@ def _run_settings(config: RunConfig) -> tuple[bool, int]:
     return config.runtime.channels_last, config.runtime.log_every
 
 
+def _total_steps(cfg: RetrainConfig, steps_per_epoch: int) -> int:
+    """Steps of the retraining schedule; the warm-up must end before it does."""
+    total = cfg.epochs * steps_per_epoch
+    if cfg.optim.warmup_steps >= total:
+        raise ConfigError(
+            f"config field 'retrain.optim.warmup_steps' ({cfg.optim.warmup_steps}) must be below the "
+            f"{total} retraining steps ({cfg.epochs} epochs of {steps_per_epoch})"
+        )
+    return total
+
+
+def _initial_child(
+    space: SearchSpace, arch: Arch, run: RunDir, runtime: Runtime, *, seed: int, inherit: bool, channels_last: bool
+) -> nn.Module:
+    """The standalone network, seeded (or inheriting the supernet's path), on the device."""
+    torch.manual_seed(seed_from(seed, "retrain-init"))
+    child = build_child(space, arch)
+    if inherit:
+        _inherit_from_supernet(child, run.supernet_ckpt, space, arch)
+    # Dropout draws from here on: the same stream whichever way the weights were initialised.
+    torch.manual_seed(seed_from(seed, "retrain-train"))
+    child = child.to(runtime.device)
+    return child.to(memory_format=torch.channels_last) if channels_last else child
+
+
 def run(
     config: RunConfig,
     run_dir: Path,
@@ -252,12 +277,7 @@ def run(
     arch = _load_arch(arch_file, space)
     stream = train_stream(config.data, data, runtime, batch_size=cfg.batch_size, seed=seed_from(retrain_seed, "retrain-data"))
     steps_per_epoch = stream.steps_per_epoch
-    total_steps = cfg.epochs * steps_per_epoch
-    if optim.warmup_steps >= total_steps:
-        raise ConfigError(
-            f"config field 'retrain.optim.warmup_steps' ({optim.warmup_steps}) must be below the "
-            f"{total_steps} retraining steps ({cfg.epochs} epochs of {steps_per_epoch})"
-        )
+    total_steps = _total_steps(cfg, steps_per_epoch)
     # Check an existing checkpoint before writing anything, so a bad one costs nothing.
     payload = None
     if run.child_ckpt.exists():
@@ -273,15 +293,7 @@ def run(
     if runtime.is_main:
         run.retrain_dir.mkdir(parents=True, exist_ok=True)
 
-    torch.manual_seed(seed_from(retrain_seed, "retrain-init"))
-    child = build_child(space, arch)
-    if payload is None and cfg.init == "inherit":
-        _inherit_from_supernet(child, run.supernet_ckpt, space, arch)
-    # Dropout draws from here on: the same stream whichever way the weights were initialised.
-    torch.manual_seed(seed_from(retrain_seed, "retrain-train"))
-    child = child.to(runtime.device)
-    if channels_last:
-        child = child.to(memory_format=torch.channels_last)
+    child = _initial_child(space, arch, run, runtime, seed=retrain_seed, inherit=payload is None and cfg.init == "inherit", channels_last=channels_last)
     model = runtime.wrap(child)
     optimizer = make_sgd(child, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov, weight_decay=optim.weight_decay)
     state = TrainState(child, optimizer, stream, device=runtime.device)
@@ -359,12 +371,11 @@ def run(
     save(finished=True)
 
     summary: dict[str, Any] | None = None
-    if runtime.is_main:
+    if runtime.is_main:  # the test split is read here only (SPEC section 4)
         test = evaluate_on(load_test_split(config.data, seed=config.seed, classes=data.train.classes))
-        summary = _summary(
-            config, arch, space, test=test, val=evaluate_on(data.val), costs=run_costs(run, space, runtime).costs(arch),
-            steps=state.step, seconds=window.train_seconds, last_val_acc=last_val_acc, weights=child.state_dict(),
-        )
+        costs = run_costs(run, space, runtime).costs(arch)
+        summary = _summary(config, arch, space, test=test, val=evaluate_on(data.val), costs=costs, steps=state.step,
+                           seconds=window.train_seconds, last_val_acc=last_val_acc, weights=child.state_dict())
         _save_weights(run.child_weights, child, space=space, arch=arch)
         update_summary(run, "retrain", summary)
     summary = runtime.broadcast_object(summary)

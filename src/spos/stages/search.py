@@ -7,12 +7,19 @@ resumes to the same result. Candidates are scored in shards across ranks under t
 Writes ``arch.json`` (best), ``history.jsonl``, ``pareto.json``, ``search_state.json`` and
 the ``search`` section of ``summary.json``; with ``search.random_baseline`` also the random-search baseline with
 the same evaluation budget under ``baseline/``.
+
+Fitness is the paper's supernet score unless ``search.estimator`` weights other signals: then
+a fixed, seeded reference pool of feasible architectures is scored once
+(``estimator_pool.json``), every signal value is cached in ``signals.jsonl``, and a
+candidate's fitness is :class:`~spos.estimator.PercentileEstimator`'s weighted mean
+percentile, recorded with its ``signals`` in ``history.jsonl``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +29,13 @@ from spos.config import RunConfig
 from spos.constraints import build_constraints
 from spos.dist import Runtime
 from spos.errors import CheckpointError
+from spos.estimator import PercentileEstimator
 from spos.evolution import create_strategy, pareto_front
-from spos.io import atomic_write_text, write_json
+from spos.io import atomic_write_text, finite_json, write_json
 from spos.latency import LatencyTable
 from spos.rundir import RunDir, start_run, update_summary
-from spos.scoring import CachedScorer
+from spos.scoring import CachedScorer, ScoringSession
+from spos.signals import SUPERNET, SignalSource, proxy_batch, reference_pool
 from spos.space import make_rng
 from spos.stages.common import ProgressFactory, null_progress, open_for_scoring, run_costs
 from spos.train import Stopwatch
@@ -49,6 +58,7 @@ def _search_one(
     costs_of,
     is_feasible,
     final_score_many,
+    fitness: _Fitness,
     out: RunDir,
     fingerprint: str,
     runtime: Runtime,
@@ -88,6 +98,7 @@ def _search_one(
                 f"{state_path} belongs to another supernet or strategy; delete it (or use a new "
                 "run directory) to search this supernet"
             )
+        _check_estimator(state_path, saved, fitness.describe)
         strategy.load_state_dict(saved["state"])
         elapsed = float(saved.get("seconds", 0.0))
         finished = saved.get("finished") is True and strategy.done  # not if generations grew
@@ -98,6 +109,8 @@ def _search_one(
     def save_state(*, seconds: float | None = None) -> None:
         """Write the strategy state; ``seconds``: the search is finished and took that long."""
         state = {"strategy": name, "supernet": fingerprint, "state": strategy.state_dict()}
+        if fitness.describe is not None:
+            state["estimator"] = fitness.describe
         total = elapsed + clock() if seconds is None else seconds
         atomic_write_text(state_path, json.dumps({**state, "seconds": round(total, 2), "finished": seconds is not None}))
 
@@ -122,7 +135,7 @@ def _search_one(
     history = []
     for record in strategy.history:
         arch = space.arch(record["arch"])
-        history.append({**record, **costs_of(arch)})
+        history.append({**record, **costs_of(arch), **fitness.signals_record(arch)})
     # The front runs along the first constrained cost (BitOps for a mixed-precision search,
     # whose FLOPs do not vary), else along FLOPs.
     x_metric = next((c.metric for c in config.search.constraints if history and c.metric in history[0]), "flops")
@@ -139,9 +152,13 @@ def _search_one(
     }
     if finalists is not None:
         summary["finalists"] = finalists
+    extra: dict[str, Any] = {}
+    if fitness.estimator is not None:
+        summary["estimator"] = fitness.explain(best_arch)
+        extra["estimator"] = dict(fitness.estimator.weights)
     if runtime.is_main:
         out.path.mkdir(parents=True, exist_ok=True)
-        best_arch.save(out.arch_json, score=best_score, costs=costs_of(best_arch), strategy=name)
+        best_arch.save(out.arch_json, score=best_score, costs=costs_of(best_arch), strategy=name, **extra)
         _write_history(out.history, history)
         write_json(out.pareto, {"x": x_metric, "y": "score", "front": [history[i] for i in front]})
         if not finished:
@@ -174,6 +191,157 @@ def _final_pick(
     return candidates[winner][0], finals[winner], finalists
 
 
+def _estimator_description(config: RunConfig) -> dict[str, Any] | None:
+    """What a search state's fitness values depend on beyond the supernet (None: the paper's score)."""
+    est = config.search.estimator
+    if est.is_paper:
+        return None
+    return {"weights": dict(est.weights), "pool_size": est.pool_size, "proxy_batch": est.proxy_batch}
+
+
+def _check_estimator(state_path: Path, saved: dict[str, Any] | None, describe: dict[str, Any] | None) -> None:
+    """Refuse to resume a search state whose fitness came from another estimator."""
+    if saved is None:
+        try:
+            saved = json.loads(state_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return  # absent, or corrupted: the strategy's own resume says so
+    if isinstance(saved, dict) and saved.get("estimator") != describe:
+        raise CheckpointError(
+            f"{state_path} was searched with search.estimator {saved.get('estimator') or 'the paper'}, "
+            f"not {describe or 'the paper'}; resume with the original estimator, or delete it to restart"
+        )
+
+
+def _scoring_settings(config: RunConfig) -> dict[str, Any]:
+    """What a supernet score depends on besides the weights (keys its cached values)."""
+    cfg = config.search
+    return {
+        "score": cfg.score,
+        "recalibrate_images": cfg.recalibrate_images,
+        "val_images": cfg.val_images,
+        "batch_size": cfg.batch_size,
+        "seed": config.seed,
+    }
+
+
+class _Fitness:
+    """A candidate's fitness: the paper's supernet score, or a rank aggregation of signals."""
+
+    def __init__(
+        self,
+        score_many,
+        *,
+        estimator: PercentileEstimator | None = None,
+        source: SignalSource | None = None,
+        describe: dict[str, Any] | None = None,
+    ) -> None:
+        self.score_many, self.estimator, self.source, self.describe = score_many, estimator, source, describe
+
+    def signals_record(self, arch: Arch) -> dict[str, Any]:
+        """``{"signals": {...}}`` for a history record; empty for the paper's score (the
+        record's ``score`` is then the supernet score itself)."""
+        if self.source is None:
+            return {}
+        return {"signals": finite_json(self.source.values([arch])[0])}
+
+    def explain(self, arch: Arch) -> dict[str, Any]:
+        """The estimator and what drove ``arch``'s fitness: its signals and their percentiles."""
+        assert self.estimator is not None and self.source is not None and self.describe is not None
+        values = self.source.values([arch])[0]
+        return {
+            **self.describe,
+            "best_signals": finite_json(values),
+            "best_percentiles": {k: round(100 * v, 2) for k, v in self.estimator.percentiles(values).items()},
+        }
+
+
+def _build_fitness(
+    config: RunConfig,
+    session: ScoringSession,
+    run: RunDir,
+    constraints,
+    *,
+    runtime: Runtime,
+    progress: ProgressFactory,
+) -> _Fitness:
+    """The fitness of ``search.estimator``; for a rank aggregation, its reference pool is
+    read from ``estimator_pool.json`` when that holds this run's pool, else computed (values
+    cached in ``signals.jsonl``) and saved there."""
+    est = config.search.estimator
+    if est.is_paper:
+        return _Fitness(CachedScorer(session.scorer.score, runtime=runtime).score_many)
+    space = session.space
+    names = list(est.weights)
+    needs_batch = any(name != SUPERNET and name not in constraints.metrics for name in names)
+    images, labels = (
+        proxy_batch(session.data, runtime, seed=config.seed, size=est.proxy_batch) if needs_batch else (None, None)
+    )
+    source = SignalSource(
+        names,
+        space=space,
+        costs_of=constraints.costs,
+        supernet_score=(lambda arch: session.scorer.score(arch)) if SUPERNET in names else None,
+        supernet_tag={"supernet": session.fingerprint, "settings": _scoring_settings(config)},
+        images=images,
+        labels=labels,
+        seed=config.seed,
+        store=run.signals,
+        runtime=runtime,
+    )
+    weighted = [name for name in names if est.weights[name] != 0]
+    describe = _estimator_description(config)
+    assert describe is not None
+    tag = {
+        **describe,
+        "seed": config.seed,
+        "space": space.fingerprint(),
+        "constraints": constraints.describe(),
+        "supernet": session.fingerprint,
+        "settings": _scoring_settings(config),
+    }
+    pool = _read_pool(run.estimator_pool, tag, weighted)
+    if pool is None:
+        archs = reference_pool(space, size=est.pool_size, seed=config.seed, is_feasible=constraints.is_feasible)
+        bar = (
+            progress(total=source.missing(archs, names=weighted), description="estimator pool")
+            if runtime.is_main
+            else null_progress(total=0)
+        )
+        try:
+            rows = source.values(archs, names=weighted, on_value=lambda arch, value: bar.update(1))
+        finally:
+            bar.close()
+        pool = {name: [row[name] for row in rows] for name in weighted}
+        if runtime.is_main:
+            # JSON has no -inf (a proxy's value for a degenerate network): null stands for it.
+            write_json(run.estimator_pool, {"tag": tag, "archs": [a.short() for a in archs], "signals": pool})
+        runtime.barrier()
+    estimator = PercentileEstimator(est.weights, pool)
+
+    def score_many(archs):
+        return [estimator.score(row) for row in source.values(archs)]
+
+    return _Fitness(score_many, estimator=estimator, source=source, describe=describe)
+
+
+def _read_pool(path: Path, tag: dict[str, Any], names: list[str]) -> dict[str, list[float]] | None:
+    """The saved pool's values if ``path`` holds the pool of ``tag``, else None."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    # Compare through JSON so tuples and lists, ints and floats compare as they were saved.
+    if not isinstance(saved, dict) or saved.get("tag") != json.loads(json.dumps(finite_json(tag))):
+        if path.exists():
+            log.info("%s holds the pool of another estimator or supernet; computing this one", path)
+        return None
+    signals = saved.get("signals") or {}
+    if set(signals) != set(names):
+        return None
+    return {name: [-math.inf if v is None else float(v) for v in signals[name]] for name in names}
+
+
 def run(
     config: RunConfig,
     run_dir: Path,
@@ -189,15 +357,18 @@ def run(
     payload = load_checkpoint(checkpoint_path, kind="supernet", map_location="cpu")
     session = open_for_scoring(config, payload, checkpoint_path, runtime)  # checks before writing
     start_run(config, run, runtime)
-    space, fingerprint, scorer = session.space, session.fingerprint, session.scorer
+    space, fingerprint = session.space, session.fingerprint
 
     costs = run_costs(run, space, runtime)
     tables: list[Any] = [costs]
     if cfg.latency_table is not None:
         tables.append(LatencyTable.load(cfg.latency_table, space=space))
     constraints = build_constraints(cfg.constraints, tables)
+    for state in (run.search_state, run.baseline.search_state):  # before any pool is scored
+        _check_estimator(state, None, _estimator_description(config))
+    fitness = _build_fitness(config, session, run, constraints, runtime=runtime, progress=progress)
     # Shared by the strategy and its baseline: one score per arch.
-    score_many = CachedScorer(scorer.score, runtime=runtime).score_many
+    score_many = fitness.score_many
 
     def costs_of(arch: Arch) -> dict[str, float]:
         return constraints.costs(arch)
@@ -218,6 +389,7 @@ def run(
         costs_of=costs_of,
         is_feasible=constraints.is_feasible,
         final_score_many=final_score_many,
+        fitness=fitness,
         fingerprint=fingerprint,
         runtime=runtime,
         progress=progress,
