@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -162,22 +163,33 @@ class LsqQuantizer(nn.Module):
         self.low, self.high = quant_range(self.bits, signed=self.signed)
         self.step = nn.Parameter(torch.tensor(1.0))
         self.register_buffer("initialized", torch.tensor(0, dtype=torch.uint8))
+        # Python mirror of the buffer: the buffer is read at most once (after construction or
+        # a load), not at every training step (a host sync on a GPU).
+        self._ready = False
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, signed={self.signed}"
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._ready = False  # the loaded buffer decides again
 
     @torch.no_grad()
     def _initialize(self, x: Tensor) -> None:
         value = 2.0 * x.detach().abs().mean() / math.sqrt(self.high)
         self.step.copy_(value.clamp_min(1e-4).to(self.step.dtype))
         self.initialized.fill_(1)
+        self._ready = True
 
     def forward(self, x: Tensor) -> Tensor:
         """Fake-quantised ``x``; straight-through in train mode with autograd on."""
         if not (self.training and torch.is_grad_enabled()):
             return lsq_quantize(x, self.step, bits=self.bits, signed=self.signed)
-        if not bool(self.initialized):
-            self._initialize(x)
+        if not self._ready:
+            if bool(self.initialized):
+                self._ready = True
+            else:
+                self._initialize(x)
         count = x[0].numel() if self.per_sample and x.dim() > 1 else x.numel()
         scale = 1.0 / math.sqrt(max(1, count) * self.high)
         return lsq_quantize(x, self.step, bits=self.bits, signed=self.signed, gradient_scale=scale)

@@ -313,8 +313,12 @@ class TrainingWindow:
         self._reset()
 
     def _reset(self) -> None:
-        self.loss_sum, self.correct, self.images = 0.0, 0, 0
-        self.grad_norms: list[float] = []
+        # Sums stay where the step ran (the device) and are read once per metrics line, so a
+        # GPU step never waits for the host (issue 18): no per-step float() or int().
+        self.loss_sum: torch.Tensor | None = None  # float64: sum of loss x batch size
+        self.correct: torch.Tensor | None = None
+        self.images = 0
+        self.grad_norms: list[torch.Tensor] = []
         self.clock = Stopwatch()
 
     def add(
@@ -322,19 +326,24 @@ class TrainingWindow:
     ) -> None:
         """Count one step; ``grad_norm`` (the step's pre-clip gradient norm, the same on every
         rank) is logged as the window's mean and max when given."""
-        loss_value = float(loss.detach())
-        self.loss_sum += loss_value * labels.numel()
-        self.correct += int((logits.argmax(1) == labels).sum())
+        weighted = loss.detach().double() * labels.numel()
+        hits = (logits.argmax(1) == labels).sum()
+        self.loss_sum = weighted if self.loss_sum is None else self.loss_sum + weighted
+        self.correct = hits if self.correct is None else self.correct + hits
         self.images += labels.numel()
         if grad_norm is not None:
-            self.grad_norms.append(float(grad_norm))
-        if self.diverged is None and not (math.isfinite(loss_value) and all(map(math.isfinite, self.grad_norms[-1:]))):
-            self.diverged = f"loss {loss_value:g}" + (f", gradient norm {self.grad_norms[-1]:g}" if self.grad_norms else "")
+            self.grad_norms.append(grad_norm.detach().double())
 
     def check_finite(self, *, stage: str, step: int, last_checkpoint: int | None, hint: str) -> None:
-        """Raise :class:`DivergenceError` once a step of this window had a non-finite loss or
-        gradient norm (the run stops before a bad checkpoint or metrics line is written).
-        ``last_checkpoint`` is the step of the last checkpoint written (None: none yet)."""
+        """Raise :class:`DivergenceError` once a step had a non-finite loss or gradient norm
+        (call it before writing a checkpoint or a metrics line; it reads the window's sums, one
+        host sync). ``last_checkpoint`` is the step of the last checkpoint written (None: none)."""
+        if self.diverged is None and self.loss_sum is not None:
+            loss = float(self.loss_sum) / max(1, self.images)
+            norms = [float(norm) for norm in self.grad_norms]
+            if not (math.isfinite(loss) and all(map(math.isfinite, norms))):
+                bad_norm = next((norm for norm in norms if not math.isfinite(norm)), None)
+                self.diverged = f"loss {loss:g}" + (f", gradient norm {bad_norm:g}" if bad_norm is not None else "")
         if self.diverged is not None:
             kept = (
                 f"the last good checkpoint (step {last_checkpoint}) is kept"
@@ -353,10 +362,16 @@ class TrainingWindow:
         accuracy and image counts are summed over ranks, so the line describes the global
         batch, as a single process would log it. Seconds are this rank's.
         """
-        seconds = self.clock()
-        self.train_seconds += seconds
-        totals = torch.tensor([self.loss_sum, float(self.correct), float(self.images)], dtype=torch.float64)
+        device = self.loss_sum.device if self.loss_sum is not None else runtime.device
+        zero = torch.zeros((), dtype=torch.float64, device=device)
+        totals = torch.stack([
+            self.loss_sum if self.loss_sum is not None else zero,
+            self.correct.double() if self.correct is not None else zero,
+            torch.tensor(float(self.images), dtype=torch.float64, device=device),
+        ])
         loss_sum, correct, images = runtime.all_reduce_sum(totals.to(runtime.device)).tolist()
+        seconds = self.clock()  # after the read: on a GPU the window's steps have finished
+        self.train_seconds += seconds
         record = {
             "step": step,
             "loss": loss_sum / max(1.0, images),
@@ -365,8 +380,9 @@ class TrainingWindow:
             "images_per_s": images / max(seconds, 1e-9),
         }
         if self.grad_norms:
-            record["grad_norm"] = sum(self.grad_norms) / len(self.grad_norms)
-            record["grad_norm_max"] = max(self.grad_norms)
+            norms = torch.stack(self.grad_norms).tolist()
+            record["grad_norm"] = sum(norms) / len(norms)
+            record["grad_norm_max"] = max(norms)
         self._reset()
         return record
 

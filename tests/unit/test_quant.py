@@ -261,3 +261,24 @@ def test_fake_quant_child_exports_to_onnx_and_torch_export(tmp_path):
     with torch.no_grad():
         wrong = {"random": reference["random"] + 0.1}
     assert _onnx_rounding_flips(tmp_path / "model.onnx", wrong, batches) is None
+
+
+def test_quantiser_initialisation_follows_a_loaded_state_and_happens_once():
+    from spos.quant import LsqQuantizer
+
+    first = LsqQuantizer(4, signed=True, per_sample=False).train()
+    first(torch.full((8,), 2.0))  # initialises the step from this batch
+    step = float(first.step)
+    first(torch.full((8,), 100.0))  # a later batch does not re-initialise
+    assert float(first.step) == step and int(first.initialized) == 1
+
+    second = LsqQuantizer(4, signed=True, per_sample=False).train()
+    second.load_state_dict(first.state_dict())
+    second(torch.full((8,), 100.0))  # the loaded state says initialised: keep its step
+    assert float(second.step) == step
+
+    fresh = LsqQuantizer(4, signed=True, per_sample=False).train()
+    fresh(torch.full((8,), 2.0))
+    fresh.load_state_dict(LsqQuantizer(4, signed=True, per_sample=False).state_dict())
+    fresh(torch.full((8,), 8.0))  # an uninitialised state loaded: initialise again, from this batch
+    assert float(fresh.step) != step and int(fresh.initialized) == 1
