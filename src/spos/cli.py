@@ -206,7 +206,7 @@ def _cmd_rank(args: argparse.Namespace) -> int:
             print(f"  {'signal':<12} {'tau':>7} {'rho':>7} {'P@5%':>6} {'P@10%':>6}")
             for name, row in summary["signals"].items():
                 print(
-                    f"  {name:<12} {row['kendall_tau']:>7.3f} {row['spearman_rho']:>7.3f} "
+                    f"  {name:<12} {_figure(row['kendall_tau'], '.3f'):>7} {_figure(row['spearman_rho'], '.3f'):>7} "
                     f"{row['precision_at_5pct']:>6.2f} {row['precision_at_10pct']:>6.2f}"
                 )
         for row in summary["option_bias"][:3]:
