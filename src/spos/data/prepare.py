@@ -24,7 +24,7 @@ from spos.data.lazy import LazyImageFolder
 from spos.data.readers import check_classes, load_dataset
 from spos.data.stream import BatchStream, channel_stats, holdout_split, iterate_batches
 from spos.errors import ConfigError, DataError
-from spos.space import make_rng
+from spos.space import seed_from
 
 if TYPE_CHECKING:
     from spos.config import DataConfig
@@ -181,9 +181,7 @@ def _prepare_lazy(data_cfg: DataConfig, *, seed: int) -> PreparedData:
     """:func:`prepare_data` for ``data.lazy``: only file names and labels are read now."""
     full = _open_lazy(data_cfg, "train", seed=seed)
     train, val = _hold_out(full, data_cfg, seed=seed)
-    # Seeded as stages.common.seed_from(seed, "normalisation-images").
-    stats_seed = make_rng(seed, "normalisation-images").getrandbits(63)
-    generator = torch.Generator().manual_seed(stats_seed)
+    generator = torch.Generator().manual_seed(seed_from(seed, "normalisation-images"))
     sample = torch.randperm(len(train), generator=generator)[:LAZY_STATS_IMAGES].sort().values
     mean, std = _normalisation(train.load_batch(sample, size=data_cfg.input_size, train=False), data_cfg)
     return PreparedData(
