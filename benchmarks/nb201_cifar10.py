@@ -117,7 +117,13 @@ def run_variant(
     run_dir = ROOT / "runs" / "bench" / "nb201" / name
     # a fixed step count goes in from the start: options checked against it (keep_checkpoints) validate
     config = _load([*overrides, f"supernet.steps={steps}"] if steps else overrides)
-    runtime = Runtime.from_env(config.device, threads=config.threads)
+    runtime = Runtime.from_env(
+        config.device,
+        threads=config.threads,
+        backend=config.runtime.dist_backend,
+        timeout_s=config.runtime.dist_timeout_s,
+        deterministic=config.runtime.deterministic,
+    )
     started = time.perf_counter()
     probe = None
     averaged_from = None  # the steps a weight-averaged snapshot (benchmarks/average_weights.py) averages

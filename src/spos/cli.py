@@ -104,7 +104,13 @@ def _add_trust_plugins(p: argparse.ArgumentParser) -> None:
 def _runtime(config):
     from spos.dist import Runtime
 
-    runtime = Runtime.from_env(config.device, threads=config.threads)
+    runtime = Runtime.from_env(
+        config.device,
+        threads=config.threads,
+        backend=config.runtime.dist_backend,
+        timeout_s=config.runtime.dist_timeout_s,
+        deterministic=config.runtime.deterministic,
+    )
     if not runtime.is_main:
         logging.getLogger().setLevel(logging.WARNING)  # one copy of the INFO log, from rank 0
     return runtime

@@ -328,9 +328,17 @@ class RuntimeConfig:
     """Mixed precision of training forwards: bf16 autocast on CUDA; ignored (one warning) on CPU."""
     log_every: int = 20
     """Write a metrics line every N steps."""
+    dist_backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """Process-group backend under torchrun; auto: nccl on CUDA, gloo on CPU."""
+    dist_timeout_s: float = 1800.0
+    """Seconds a collective may wait for the other ranks before the job fails."""
+    deterministic: bool = False
+    """Deterministic CUDA kernels: cudnn.benchmark off, cudnn.deterministic on, TF32 off
+    (slower; on CPU it changes nothing). Recorded with the run's config."""
 
     def validate(self, prefix: str) -> None:
         _check(self.log_every >= 1, f"{prefix}.log_every", "must be at least 1")
+        _check(self.dist_timeout_s > 0, f"{prefix}.dist_timeout_s", "must be positive")
 
 
 @dataclass

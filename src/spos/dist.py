@@ -15,6 +15,7 @@ and bf16 autocast (:meth:`Runtime.autocast`).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import gc
 import logging
 import os
@@ -64,8 +65,21 @@ class Runtime:
     local_rank: int = 0
 
     @classmethod
-    def from_env(cls, device: str = "auto", *, threads: int | None = None) -> Runtime:
-        """Build the runtime, joining the torchrun process group when there is one."""
+    def from_env(
+        cls,
+        device: str = "auto",
+        *,
+        threads: int | None = None,
+        backend: str = "auto",
+        timeout_s: float = 1800.0,
+        deterministic: bool = False,
+    ) -> Runtime:
+        """Build the runtime, joining the torchrun process group when there is one.
+
+        ``backend`` is ``auto`` (nccl on CUDA, gloo on CPU), ``nccl`` or ``gloo``;
+        ``timeout_s`` bounds how long a collective waits for the other ranks;
+        ``deterministic`` turns off cudnn autotuning and TF32 for reproducible CUDA runs.
+        """
         if threads is not None:
             torch.set_num_threads(threads)
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -73,14 +87,21 @@ class Runtime:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         resolved = resolve_device(device, local_rank=local_rank)
         if world_size > 1 and not torch_dist.is_initialized():
-            backend = "nccl" if resolved.type == "cuda" else "gloo"
+            if backend == "auto":
+                backend = "nccl" if resolved.type == "cuda" else "gloo"
+            options: dict[str, Any] = {"backend": backend, "timeout": datetime.timedelta(seconds=timeout_s)}
             if resolved.type == "cuda":
                 torch.cuda.set_device(resolved)
-            torch_dist.init_process_group(backend=backend)
+                options["device_id"] = resolved  # binds NCCL to this GPU from the start
+            torch_dist.init_process_group(**options)
             log.info("joined process group: rank %d of %d (%s)", rank, world_size, backend)
         if resolved.type == "cuda":
             # Each path reuses a handful of conv shapes, so autotuning pays off quickly.
-            torch.backends.cudnn.benchmark = True
+            torch.backends.cudnn.benchmark = not deterministic
+            if deterministic:
+                torch.backends.cudnn.deterministic = True
+                torch.backends.cuda.matmul.allow_tf32 = False
+                torch.backends.cudnn.allow_tf32 = False
         return cls(resolved, rank, world_size, local_rank)
 
     @property

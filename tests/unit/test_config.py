@@ -46,6 +46,8 @@ def test_overrides_parse_types_and_nest(tmp_path):
         ("supernet.optim.lr=.nan", "'supernet.optim.lr' must be a finite number"),
         ("ground_truth.path=/x.csv", "'ground_truth.column' must name the accuracy column"),
         ("runtime.log_every=0", "'runtime.log_every' must be at least 1"),
+        ("runtime.dist_timeout_s=0", "'runtime.dist_timeout_s' must be positive"),
+        ("runtime.dist_backend=mpi", "'runtime.dist_backend' must be one of"),
         ("data.dataset=mnist", "'data.dataset' must be one of"),
         ("search.top_k=100", "'search.top_k' must be <= population_size"),
         ("device=tpu", "'device' must be auto, cpu, cuda"),

@@ -88,3 +88,17 @@ def test_a_changed_global_batch_is_refused_with_the_section_named(tmp_path):
         check_global_batch(payload, 32, section="retrain", path=tmp_path)
     with pytest.raises(CheckpointError, match=r"supernet\.batch_size=16"):
         check_global_batch({"state": {"global_batch": 16}}, 32, section="supernet", path=tmp_path)
+
+
+def test_ranks_that_sampled_different_paths_are_an_error():
+    from types import SimpleNamespace
+
+    from spos.errors import SposError
+    from spos.stages.train_supernet import _check_same_path
+
+    arch = SimpleNamespace(key="a")
+    same = SimpleNamespace(distributed=True, all_gather_objects=lambda key: [key, key])
+    _check_same_path(same, arch, step=10)
+    other = SimpleNamespace(distributed=True, all_gather_objects=lambda key: [key, "b"])
+    with pytest.raises(SposError, match="ranks sampled different paths at step 10"):
+        _check_same_path(other, arch, step=10)

@@ -29,6 +29,7 @@ from spos.config import RunConfig, config_to_dict
 from spos.cost import CostModel
 from spos.data.prepare import PreparedData, place_dataset, prepare_data, train_stream
 from spos.dist import Runtime
+from spos.errors import SposError
 from spos.groundtruth import GroundTruth
 from spos.rundir import RunDir, read_summary, start_run, update_summary
 from spos.sampling import ChoiceSchedule, PathSampler, create_sampler
@@ -102,6 +103,18 @@ def _create_sampler(config: RunConfig, space: SearchSpace, costs: CostModel) -> 
 def _along(model: Callable[..., torch.Tensor], arch: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     """The (possibly DDP-wrapped) supernet as a function of the inputs, along the path ``arch``."""
     return lambda inputs: model(inputs, arch)
+
+
+def _check_same_path(runtime: Runtime, arch: Any, step: int) -> None:
+    """Under torchrun every rank must train the same path (identically seeded samplers); a
+    cheap check once per metrics line turns a silent divergence of the ranks into an error."""
+    if runtime.distributed:
+        keys = runtime.all_gather_objects(arch.key)
+        if len(set(keys)) > 1:
+            raise SposError(
+                f"ranks sampled different paths at step {step} ({len(set(keys))} distinct); every "
+                "rank must run the same config and seed (check that no rank has other overrides)"
+            )
 
 
 def _path_only(supernet: Supernet, arch: Any, *, grad_clip: float) -> torch.Tensor | None:
@@ -280,6 +293,7 @@ def run(
             window.add(result.loss, result.logits, labels, grad_norm=result.grad_norm)
             if step % config.runtime.log_every == 0 or step == cfg.steps:
                 window.check_finite(stage="supernet", step=step, last_checkpoint=saved_at, hint=hint)
+                _check_same_path(runtime, arch, step)
                 record = {**window.flush(step=step, lr=lr, runtime=runtime), **state.sampler.stats()}
                 metrics.write(record)
                 bar.update(0, loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.0f}")
