@@ -9,6 +9,7 @@ the previous file in place and removes the temporary one.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
@@ -16,7 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "finite_json", "write_json"]
+log = logging.getLogger(__name__)
+
+__all__ = ["atomic_write_bytes", "atomic_write_text", "finite_json", "read_jsonl", "write_json"]
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | Callable[[BinaryIO], None]) -> None:
@@ -64,3 +67,29 @@ def write_json(path: str | os.PathLike[str], data: Any) -> None:
     """Write ``data`` as indented JSON (one trailing newline) to ``path`` atomically; non-finite
     floats are written as null."""
     atomic_write_text(path, json.dumps(finite_json(data), indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file, in order; ``[]`` when the file does not exist.
+
+    Blank lines and lines that are not a JSON object are skipped with a logged warning: the
+    half-written last line a kill or a full disk leaves in the middle of an append, or the
+    line a still-running stage is writing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records: list[dict[str, Any]] = []
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if isinstance(record, dict):
+                records.append(record)
+            else:
+                log.warning("%s line %d is not a JSON record; skipped", path, number)
+    return records

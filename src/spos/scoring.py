@@ -30,6 +30,7 @@ from spos import data as spos_data
 from spos.arch import Arch
 from spos.calibrate import recalibrate_bn
 from spos.errors import SposError
+from spos.io import read_jsonl
 from spos.space import SearchSpace, seed_from
 from spos.train import evaluate as evaluate_model
 
@@ -306,11 +307,7 @@ class CachedScorer:
         scores: dict[str, float] = {}
         if self.store is None or not self.store.exists():
             return scores
-        for line in self.store.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill: rescore that arch
+        for record in read_jsonl(self.store):  # a line cut by a kill is skipped: rescored
             if all(record.get(field) == value for field, value in self.tag.items()):
                 scores[str(record["key"])] = float(record["score"])
         return scores

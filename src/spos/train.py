@@ -26,7 +26,7 @@ from torch import nn
 from spos.arch import Arch
 from spos.checkpoint import save_checkpoint
 from spos.errors import CheckpointError, DivergenceError
-from spos.io import atomic_write_text, finite_json
+from spos.io import atomic_write_text, finite_json, read_jsonl
 
 if TYPE_CHECKING:
     from spos.data import BatchStream
@@ -262,8 +262,10 @@ class MetricsLog:
         if not enabled:
             return
         if self.path.exists():
-            kept = [line for line in _complete_records(self.path) if json.loads(line).get("step", 0) <= resume_step]
-            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+            # A torn last line (a kill or a full disk mid-append) is dropped with the lines past
+            # the checkpoint, so the file reads as one run.
+            kept = [record for record in read_jsonl(self.path) if record.get("step", 0) <= resume_step]
+            atomic_write_text(self.path, "".join(_jsonl_line(record) for record in kept))
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -275,7 +277,7 @@ class MetricsLog:
         if not self.enabled:
             return
         with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(finite_json(record), allow_nan=False) + "\n")
+            handle.write(_jsonl_line(record))
         if self.writer is not None:
             step = int(record.get("step", 0))
             for key, value in record.items():
@@ -287,17 +289,8 @@ class MetricsLog:
             self.writer.close()
 
 
-def _complete_records(path: Path) -> list[str]:
-    """The lines of a JSON-lines file that parse as records; a torn line (what a kill or a full
-    disk leaves in the middle of an append) is dropped."""
-    lines = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            if isinstance(json.loads(line), dict):
-                lines.append(line)
-        except json.JSONDecodeError:
-            continue
-    return lines
+def _jsonl_line(record: Mapping[str, Any]) -> str:
+    return json.dumps(finite_json(dict(record)), allow_nan=False) + "\n"
 
 
 class TrainingWindow:

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from spos.io import read_jsonl
 from spos.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -36,29 +37,6 @@ class _RunFiles:
     rank: dict[str, Any] | None
     pareto: dict[str, Any] | None = None  # pareto.json: {"x": metric, "y": "score", "front": [...]}
     unreadable: dict[str, str] = field(default_factory=dict)  # relative path -> reason
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """JSON objects of a JSON-lines file, in order; ``[]`` when the file does not exist.
-
-    Blank lines and lines that do not parse as a JSON object (the half-written last line of a
-    stage that is still running) are skipped with a logged warning.
-    """
-    if not path.is_file():
-        return []
-    records: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                log.warning("%s line %d is not JSON; skipped", path, number)
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-    return records
 
 
 def _read_json(path: Path, unreadable: dict[str, str], *, name: str) -> dict[str, Any] | None:
@@ -98,12 +76,12 @@ def _read_run(run_dir: Path) -> _RunFiles:
     return _RunFiles(
         run_dir=run_dir,
         config=_read_yaml(run.config, unreadable, name=name(run.config)),
-        metrics=_read_jsonl(run.metrics),
+        metrics=read_jsonl(run.metrics),
         summary=_read_json(run.summary, unreadable, name=name(run.summary)) or {},
-        history=_read_jsonl(run.history),
-        baseline_history=_read_jsonl(run.baseline.history),
+        history=read_jsonl(run.history),
+        baseline_history=read_jsonl(run.baseline.history),
         arch=_read_json(run.arch_json, unreadable, name=name(run.arch_json)),
-        retrain_metrics=_read_jsonl(run.retrain_metrics),
+        retrain_metrics=read_jsonl(run.retrain_metrics),
         rank=_read_json(run.rank_json, unreadable, name=name(run.rank_json)),
         pareto=_read_json(run.pareto, unreadable, name=name(run.pareto)),
         unreadable=unreadable,
