@@ -181,8 +181,10 @@ class SamplerConfig:
 
     name: str = "uniform"
     """Path sampler (registered in :mod:`spos.sampling`): uniform (the paper's core method),
-    constraint (uniform within FLOPs bins, the paper's ImageNet default) or fair (strict
-    fairness: each option of every choice once per window)."""
+    constraint (uniform within FLOPs bins, the paper's ImageNet default), fair (strict
+    fairness: each option of every choice once per window) or gradnorm (each choice's options
+    drawn in proportion to the running gradient norm of the paths they were on, mixed with
+    uniform by ``uniform_share``: PA&DA's path sampling)."""
     flops_min: float | None = None
     """Lower FLOPs bound of constraint sampling (multiply-adds); None: the space minimum."""
     flops_max: float | None = None
@@ -208,6 +210,12 @@ class SamplerConfig:
     """Label prefix of the choices the warm-up restricts (``width_`` in channel spaces)."""
     warmup_option: float = 1.0
     """The option those choices take during the warm-up (1.0: full width)."""
+    uniform_share: float = 0.5
+    """name=gradnorm only: share of each choice's sampling probability spread uniformly over
+    its options; the rest follows each option's running gradient norm (PA&DA, CVPR 2023)."""
+    gradnorm_decay: float = 0.99
+    """name=gradnorm only: decay of the running mean of the gradient norm of the paths each
+    option was on (0.99 averages over about the last 100 times it was sampled)."""
 
     def validate(self, prefix: str) -> None:
         from spos.sampling import list_samplers  # torch-free; imported late to keep config light
@@ -225,6 +233,8 @@ class SamplerConfig:
             _check(getattr(self, name) >= 0, f"{prefix}.{name}", "must be >= 0")
         if self.flops_min is not None and self.flops_max is not None:
             _check(self.flops_min < self.flops_max, f"{prefix}.flops_min", "must be below flops_max")
+        _check(0.0 <= self.uniform_share <= 1.0, f"{prefix}.uniform_share", "must be between 0 and 1")
+        _check(0.0 <= self.gradnorm_decay < 1.0, f"{prefix}.gradnorm_decay", "must be in [0, 1)")
 
 
 @dataclass
@@ -264,6 +274,12 @@ class SupernetConfig:
     exactly the 15k checkpoint of a 20k-step run, in 3/4 of the time)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Optimiser and learning-rate schedule."""
+    complexity_lr_power: float = 1.0
+    """Complexity-aware learning rate (CaLR of DYNAS, CVPR 2025): a sampled path's rate is the
+    schedule's, with its decay raised to the power ``1 + (p - 1) * (1 - c)``, where ``c`` in
+    [0, 1] is the path's FLOPs between the space's smallest and largest and ``p`` this value.
+    Above 1, small paths' rates decay faster than large ones' (the largest path keeps the
+    schedule), countering the early advantage of small, parameter-free paths. 1.0: off."""
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     """Path sampling."""
     panel: PanelConfig = field(default_factory=PanelConfig)
@@ -290,6 +306,7 @@ class SupernetConfig:
             "leave the remaining steps untrained); leave it empty to use steps",
         )
         self.optim.validate(f"{prefix}.optim", steps=self.total_schedule_steps)
+        _check(1.0 <= self.complexity_lr_power <= 10.0, f"{prefix}.complexity_lr_power", "must be between 1 (off) and 10")
         self.sampler.validate(f"{prefix}.sampler")
         self.panel.validate(f"{prefix}.panel")
         _check(self.checkpoint_every >= 1, f"{prefix}.checkpoint_every", "must be at least 1")

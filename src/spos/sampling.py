@@ -23,6 +23,7 @@ space can use it: the schedule names choices by label prefix and an anchor optio
 from __future__ import annotations
 
 import abc
+import math
 import random
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +40,7 @@ __all__ = [
     "UniformSampler",
     "ConstraintSampler",
     "FairSampler",
+    "GradNormSampler",
     "create_sampler",
 ]
 
@@ -182,6 +184,13 @@ class PathSampler(abc.ABC):
                 return arch
         return canonical
 
+    #: Whether the training loop should report each step's gradient norm (:meth:`observe`).
+    uses_feedback = False
+
+    def observe(self, arch: Arch, grad_norm: float) -> None:
+        """Feedback after the step on ``arch``: the path's (pre-clip) gradient norm. Samplers
+        that set :attr:`uses_feedback` use it; the default ignores it."""
+
     def sample(self) -> Arch:
         """The path for the next optimiser step (recorded in the coverage counts)."""
         arch = self._draw()
@@ -321,6 +330,83 @@ class FairSampler(PathSampler):
         self.orders = [[int(i) for i in o] for o in state["orders"]]
 
 
+class GradNormSampler(PathSampler):
+    """Gradient-norm-guided sampling (PA&DA, Lu et al., CVPR 2023), mixed with uniform.
+
+    Sampling a path in proportion to the norm of its gradient lowers the variance of the
+    supernet's gradient estimate. Per choice, each option keeps a running mean of the
+    (pre-clip) gradient norm of the paths it was on; the option is drawn with probability
+    ``uniform_share / K + (1 - uniform_share) * g_o / sum(g)`` over the choice's ``K`` options.
+    An option not yet observed counts as its choice's largest running mean, so everything is
+    tried early. Under torchrun every rank sees the same all-reduced gradient norm, so the
+    ranks keep drawing the same paths. Reading the norm costs one host sync per step.
+
+    Args:
+        uniform_share: Share of the probability spread uniformly (1.0: plain uniform).
+        decay: Decay of the running means.
+    """
+
+    uses_feedback = True
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        rng: random.Random,
+        *,
+        uniform_share: float = 0.5,
+        decay: float = 0.99,
+        schedule: ChoiceSchedule | None = None,
+        distinct_networks: bool = False,
+    ) -> None:
+        super().__init__(space, rng, schedule=schedule, distinct_networks=distinct_networks)
+        self.uniform_share = uniform_share
+        self.decay = decay
+        self.norms: dict[str, dict[str, float]] = {c.label: {} for c in space.choices}
+
+    def probabilities(self, label: str, options: tuple[Value, ...]) -> list[float]:
+        """Sampling probabilities of ``options`` of the choice ``label`` (they sum to 1)."""
+        seen = self.norms[label]
+        fallback = max(seen.values(), default=1.0)
+        norms = [seen.get(str(o), fallback) for o in options]
+        total = sum(norms)
+        share = self.uniform_share
+        if total <= 0:
+            return [1.0 / len(options)] * len(options)
+        return [share / len(options) + (1 - share) * n / total for n in norms]
+
+    def _labeling(self) -> Arch:
+        allowed = self.schedule.allowed(self.steps) if self.schedule is not None else {}
+        values = []
+        for c in self.space.choices:
+            options = tuple(allowed.get(c.label, c.options))
+            values.append(self.rng.choices(options, weights=self.probabilities(c.label, options))[0])
+        return self.space.arch(values)
+
+    def _draw(self) -> Arch:
+        return self._uniform()
+
+    def observe(self, arch: Arch, grad_norm: float) -> None:
+        if not math.isfinite(grad_norm):  # the divergence check stops training; keep the means
+            return
+        for label, value in arch.items():
+            seen = self.norms[label]
+            key = str(value)
+            old = seen.get(key)
+            seen[key] = grad_norm if old is None else self.decay * old + (1 - self.decay) * grad_norm
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "norms": {k: dict(v) for k, v in self.norms.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.norms = {k: {o: float(n) for o, n in v.items()} for k, v in state["norms"].items()}
+
+    def stats(self) -> dict[str, Any]:
+        """Adds the smallest and largest option probability over all choices."""
+        probs = [p for c in self.space.choices for p in self.probabilities(c.label, c.options)]
+        return {**super().stats(), "sampler_p_min": round(min(probs), 4), "sampler_p_max": round(max(probs), 4)}
+
+
 #: Builds a sampler: ``factory(space, rng, *, flops, flops_range, bins, max_tries, schedule,
 #: distinct_networks)``; a factory uses the options it needs and ignores the others.
 SamplerFactory = Callable[..., PathSampler]
@@ -389,6 +475,27 @@ def _constraint(
     )
 
 
+@register_sampler("gradnorm")
+def _gradnorm(
+    space: SearchSpace,
+    rng: random.Random,
+    *,
+    schedule=None,
+    distinct_networks: bool = False,
+    uniform_share: float = 0.5,
+    gradnorm_decay: float = 0.99,
+    **_: Any,
+) -> PathSampler:
+    return GradNormSampler(
+        space,
+        rng,
+        uniform_share=uniform_share,
+        decay=gradnorm_decay,
+        schedule=schedule,
+        distinct_networks=distinct_networks,
+    )
+
+
 def create_sampler(
     name: str,
     space: SearchSpace,
@@ -400,8 +507,11 @@ def create_sampler(
     max_tries: int = 100,
     schedule: ChoiceSchedule | None = None,
     distinct_networks: bool = False,
+    **options: Any,
 ) -> PathSampler:
-    """Build the registered sampler ``name`` (built in: ``uniform``, ``constraint``, ``fair``).
+    """Build the registered sampler ``name`` (built in: ``uniform``, ``constraint``, ``fair``,
+    ``gradnorm``); ``options`` go to the factory as keywords (gradnorm: ``uniform_share``,
+    ``gradnorm_decay``).
 
     ``schedule`` restricts some choices early in training (under ``fair`` the restricted
     choices draw uniformly among their allowed options, the others stay strictly fair).
@@ -419,4 +529,5 @@ def create_sampler(
         max_tries=max_tries,
         schedule=schedule,
         distinct_networks=distinct_networks,
+        **options,
     )

@@ -42,6 +42,7 @@ __all__ = [
     "TrainState",
     "TrainingWindow",
     "check_global_batch",
+    "complexity_scaled_lr",
     "evaluate",
     "graceful_stop",
     "learning_rate",
@@ -75,6 +76,20 @@ def learning_rate(step: int, *, total: int, peak: float, warmup: int, schedule: 
     if schedule == "cosine":
         return 0.5 * peak * (1 + math.cos(math.pi * progress))
     return peak * (1 - progress)
+
+
+def complexity_scaled_lr(lr: float, *, peak: float, power: float, complexity: float) -> float:
+    """The rate of a path of ``complexity`` in [0, 1] at the schedule's rate ``lr`` (CaLR).
+
+    The schedule's decay ``lr / peak`` is raised to ``1 + (power - 1) * (1 - complexity)``: the
+    largest path (complexity 1) keeps the schedule, the smallest decays with exponent ``power``.
+    Rates at or above ``peak`` are returned unchanged; a warm-up is not scaled (callers apply
+    this after it).
+    """
+    if power == 1.0 or lr >= peak or peak <= 0:
+        return lr
+    complexity = min(1.0, max(0.0, complexity))
+    return peak * (lr / peak) ** (1.0 + (power - 1.0) * (1.0 - complexity))
 
 
 class StepResult(NamedTuple):

@@ -43,6 +43,7 @@ from spos.train import (
     TrainingWindow,
     TrainState,
     check_global_batch,
+    complexity_scaled_lr,
     graceful_stop,
     learning_rate,
     make_sgd,
@@ -97,6 +98,8 @@ def _create_sampler(config: RunConfig, space: SearchSpace, costs: CostModel) -> 
         max_tries=cfg.max_tries,
         distinct_networks=cfg.distinct_networks,
         schedule=schedule,
+        uniform_share=cfg.uniform_share,
+        gradnorm_decay=cfg.gradnorm_decay,
     )
 
 
@@ -117,8 +120,9 @@ def _check_same_path(runtime: Runtime, arch: Any, step: int) -> None:
             )
 
 
-def _path_only(supernet: Supernet, arch: Any, *, grad_clip: float) -> torch.Tensor | None:
-    """``sgd_step``'s ``before_step``: drop off-path gradients, clip; the pre-clip norm or None.
+def _path_only(supernet: Supernet, arch: Any, *, grad_clip: float, measure: bool = False) -> torch.Tensor | None:
+    """``sgd_step``'s ``before_step``: drop off-path gradients, clip; the pre-clip norm (when
+    clipping or ``measure``) or None.
 
     Off-path candidates must get no update (no decay, no momentum): DDP may hand them zero
     gradients, so make sure they have none, as the official release does.
@@ -131,6 +135,8 @@ def _path_only(supernet: Supernet, arch: Any, *, grad_clip: float) -> torch.Tens
         return torch.nn.utils.clip_grad_norm_(
             [p for p in supernet.parameters() if p.grad is not None], grad_clip
         )
+    if measure:
+        return torch.nn.utils.get_total_norm([p.grad for p in supernet.parameters() if p.grad is not None])
     return None
 
 
@@ -268,6 +274,12 @@ def run(
     autocast = runtime.autocast(config.runtime.amp)
     last_panel: dict[str, Any] = {}
     keep = set(cfg.keep_checkpoints)
+    low, high = costs.bounds("flops")
+
+    def complexity(arch: Any) -> float:
+        """The path's FLOPs between the space's smallest (0) and largest (1)."""
+        return (costs.flops(arch) - low) / (high - low) if high > low else 1.0
+
     model.train()
     with graceful_stop() as stop:
         while state.step < cfg.steps:
@@ -275,6 +287,10 @@ def run(
                 state.step, total=cfg.total_schedule_steps, peak=optim.lr, warmup=optim.warmup_steps, schedule=optim.schedule
             )
             arch = state.sampler.sample()
+            if state.step >= optim.warmup_steps:  # CaLR (off at power 1)
+                lr = complexity_scaled_lr(
+                    lr, peak=optim.lr, power=cfg.complexity_lr_power, complexity=complexity(arch)
+                )
             images, labels = next(state.stream)
             labels = labels.to(runtime.device)
             result = sgd_step(
@@ -285,8 +301,12 @@ def run(
                 lr=lr,
                 label_smoothing=optim.label_smoothing,
                 autocast=autocast,
-                before_step=functools.partial(_path_only, supernet, arch, grad_clip=optim.grad_clip),
+                before_step=functools.partial(
+                    _path_only, supernet, arch, grad_clip=optim.grad_clip, measure=state.sampler.uses_feedback
+                ),
             )
+            if state.sampler.uses_feedback:  # one host sync per step, only for such samplers
+                state.sampler.observe(arch, float(result.grad_norm))
             state.step += 1
             step = state.step
 
