@@ -229,3 +229,35 @@ def test_keep_checkpoints_beyond_training_is_one_clear_error(tmp_path):
         "supernet.steps=10", "supernet.keep_checkpoints=[5, 20]",
     )
     assert result.returncode == 2 and "supernet.keep_checkpoints" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_complexity_aware_rate_and_gradnorm_sampler_train_and_resume_exactly(tmp_path, monkeypatch):
+    """CaLR gives small paths a lower rate than the schedule's; the gradnorm sampler gets each
+    step's gradient norm; a run stopped half-way and resumed ends where a straight run does."""
+    extra = ["supernet.sampler.name=gradnorm", "supernet.complexity_lr_power=3", "supernet.optim.warmup_steps=0", "supernet.panel.size=0"]
+    seen = []
+    real_step = train_supernet.sgd_step
+
+    def recording_step(*args, lr, **kwargs):
+        seen.append(lr)
+        return real_step(*args, lr=lr, **kwargs)
+
+    monkeypatch.setattr(train_supernet, "sgd_step", recording_step)
+    runtime = Runtime.from_env("cpu", threads=2)
+    straight = train_supernet.run(load_config(SMOKE, [*OVERRIDES, *extra, "supernet.steps=40"]), tmp_path / "a", runtime=runtime)
+    schedule = [train_supernet.learning_rate(s, total=40, peak=seen[0], warmup=0, schedule=load_config(SMOKE).supernet.optim.schedule) for s in range(40)]
+    assert all(lr <= base + 1e-12 for lr, base in zip(seen, schedule))
+    assert sum(lr < base * 0.99 for lr, base in zip(seen[1:], schedule[1:])) > 10  # smaller paths: lower rates
+    ckpt = load_checkpoint_state(tmp_path / "a" / "supernet.ckpt")
+    assert any(ckpt["sampler"]["norms"].values())  # the sampler was fed gradient norms
+    half = load_config(SMOKE, [*OVERRIDES, *extra, "supernet.steps=20", "supernet.schedule_steps=40"])
+    train_supernet.run(half, tmp_path / "b", runtime=runtime)
+    resumed = train_supernet.run(load_config(SMOKE, [*OVERRIDES, *extra, "supernet.steps=40"]), tmp_path / "b", runtime=runtime)
+    assert len(seen) == 40 + 20 + 20  # the second call went on from step 20
+    assert resumed["weights_sha256"] == straight["weights_sha256"]
+
+
+def load_checkpoint_state(path):
+    from spos.checkpoint import load_checkpoint
+
+    return load_checkpoint(path, kind="supernet")["state"]

@@ -151,3 +151,44 @@ def test_a_registered_sampler_is_selectable_by_name_in_the_config():
         assert sampler.sample() == space.arch([choice.options[0] for choice in space.choices])
     finally:
         _SAMPLERS.pop("first_option")
+
+
+def test_gradnorm_sampler_draws_options_in_proportion_to_their_gradient_norms():
+    space = SearchSpace("toy", 1, "toy", [Choice("c0", (0, 1, 2, 3))])
+    sampler = create_sampler("gradnorm", space, make_rng(0, "g"), uniform_share=0.2, gradnorm_decay=0.5)
+    assert sampler.uses_feedback
+    assert sampler.probabilities("c0", (0, 1, 2, 3)) == pytest.approx([0.25] * 4)  # nothing seen
+    sampler.observe(space.arch([0]), 1.0)
+    sampler.observe(space.arch([1]), 3.0)
+    sampler.observe(space.arch([1]), 1.0)  # running mean: 0.5 * 3 + 0.5 * 1 = 2
+    # unseen options 2 and 3 count as the largest mean (2): norms 1, 2, 2, 2 -> share 0.2 uniform
+    expected = [0.05 + 0.8 * n / 7 for n in (1, 2, 2, 2)]
+    assert sampler.probabilities("c0", (0, 1, 2, 3)) == pytest.approx(expected)
+    draws = Counter(sampler.sample()["c0"] for _ in range(4000))
+    assert abs(draws[0] / 4000 - expected[0]) < 0.03 and abs(draws[1] / 4000 - expected[1]) < 0.03
+    sampler.observe(space.arch([0]), float("nan"))  # a diverged step leaves the means alone
+    assert sampler.norms["c0"]["0"] == 1.0
+
+
+def test_gradnorm_sampler_with_all_uniform_share_is_uniform_and_resumes():
+    sampler = create_sampler("gradnorm", SPACE, make_rng(0, "g"), uniform_share=1.0)
+    for i in range(50):
+        sampler.observe(sampler.sample(), float(i))
+    assert set(sampler.probabilities("c0", (0, 1, 2, 3))) == {0.25}
+    other = create_sampler("gradnorm", SPACE, make_rng(0, "g"), uniform_share=0.3)
+    for i in range(50):
+        other.observe(other.sample(), 1.0 + i % 7)
+    state = other.state_dict()
+    straight = []
+    for i in range(5):
+        arch = other.sample()
+        other.observe(arch, 2.0 + i)
+        straight.append(arch)
+    restored = create_sampler("gradnorm", SPACE, make_rng(9, "x"), uniform_share=0.3)
+    restored.load_state_dict(state)
+    again = []
+    for i in range(5):
+        arch = restored.sample()
+        restored.observe(arch, 2.0 + i)
+        again.append(arch)
+    assert again == straight and restored.norms == other.norms

@@ -102,3 +102,15 @@ def test_ranks_that_sampled_different_paths_are_an_error():
     other = SimpleNamespace(distributed=True, all_gather_objects=lambda key: [key, "b"])
     with pytest.raises(SposError, match="ranks sampled different paths at step 10"):
         _check_same_path(other, arch, step=10)
+
+
+def test_complexity_aware_rate_decays_small_paths_faster():
+    from spos.train import complexity_scaled_lr
+
+    # the schedule is at half its peak: the largest path keeps it, the smallest squares... cubes it
+    assert complexity_scaled_lr(0.05, peak=0.1, power=3.0, complexity=1.0) == pytest.approx(0.05)
+    assert complexity_scaled_lr(0.05, peak=0.1, power=3.0, complexity=0.0) == pytest.approx(0.1 * 0.5**3)
+    assert complexity_scaled_lr(0.05, peak=0.1, power=3.0, complexity=0.5) == pytest.approx(0.1 * 0.5**2)
+    assert complexity_scaled_lr(0.05, peak=0.1, power=1.0, complexity=0.0) == 0.05  # off
+    assert complexity_scaled_lr(0.1, peak=0.1, power=3.0, complexity=0.0) == 0.1  # at the peak
+    assert complexity_scaled_lr(0.05, peak=0.1, power=3.0, complexity=-2.0) == pytest.approx(0.0125)  # clamped
