@@ -465,6 +465,14 @@ class SearchConfig:
     """Recalibration images of the final re-scoring (None: ``recalibrate_images``)."""
     final_val_images: int | None = None
     """Validation images of the final re-scoring (None: the whole held-out split)."""
+    final_finetune_steps: int = 0
+    """Before re-scoring, fine-tune each finalist's path alone for this many SGD steps from its
+    inherited supernet weights (restored afterwards): brief per-candidate training corrects
+    some of weight sharing's misranking (Zhang et al. 2020). Costs ``final_top_k`` times this
+    many training steps. 0: off; needs ``final_top_k``."""
+    final_finetune_lr: float = 0.01
+    """Peak learning rate of the finalists' fine-tuning (cosine to 0 over its steps); momentum,
+    weight decay, label smoothing and batch size are the supernet's."""
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
     """Fitness of a candidate: the paper's supernet score (default) or a rank aggregation of
     the supernet score, zero-cost proxies and cost metrics."""
@@ -477,6 +485,13 @@ class SearchConfig:
             value = getattr(self, name)
             _check(value is None or value >= 1, f"{prefix}.{name}", "must be at least 1 (or null)")
         _check(self.top_k <= self.population_size, f"{prefix}.top_k", "must be <= population_size")
+        _check(self.final_finetune_steps >= 0, f"{prefix}.final_finetune_steps", "must be >= 0 (0 turns fine-tuning off)")
+        _check(
+            self.final_finetune_steps == 0 or self.final_top_k > 0,
+            f"{prefix}.final_finetune_steps",
+            f"fine-tunes the finalists, so it needs {prefix}.final_top_k > 0",
+        )
+        _check(0 < self.final_finetune_lr <= 10, f"{prefix}.final_finetune_lr", "must be in (0, 10]")
         self.estimator.validate(f"{prefix}.estimator")
         _check(
             self.final_top_k == 0 or self.estimator.is_paper,

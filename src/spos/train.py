@@ -14,7 +14,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -44,6 +44,7 @@ __all__ = [
     "check_global_batch",
     "complexity_scaled_lr",
     "evaluate",
+    "finetuned_path",
     "graceful_stop",
     "learning_rate",
     "make_sgd",
@@ -52,15 +53,16 @@ __all__ = [
 
 
 def make_sgd(
-    model: nn.Module, *, lr: float, momentum: float, nesterov: bool, weight_decay: float
+    model: nn.Module | Iterable[nn.Parameter], *, lr: float, momentum: float, nesterov: bool, weight_decay: float
 ) -> torch.optim.SGD:
     """SGD with weight decay on conv and linear weights only (official recipe).
 
-    Parameters whose gradient is None in a step (candidates off the sampled path) get no
-    update at all: torch's SGD skips them, so no decay and no stale momentum step.
+    ``model`` is a module or the parameters to optimise. Parameters whose gradient is None in
+    a step (candidates off the sampled path) get no update at all: torch's SGD skips them, so
+    no decay and no stale momentum step.
     """
     decay, no_decay = [], []
-    for parameter in model.parameters():
+    for parameter in model.parameters() if isinstance(model, nn.Module) else model:
         (decay if parameter.ndim > 1 else no_decay).append(parameter)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
@@ -131,6 +133,64 @@ def sgd_step(
     grad_norm = before_step() if before_step is not None else None
     optimizer.step()
     return StepResult(loss, logits, grad_norm)
+
+
+@contextlib.contextmanager
+def finetuned_path(
+    supernet: Any,
+    arch: Any,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    steps: int,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    label_smoothing: float,
+    to_input: Callable[[torch.Tensor], torch.Tensor],
+    seed: int,
+) -> Iterator[None]:
+    """Inside the block, the path ``arch`` of ``supernet`` is fine-tuned from its inherited weights.
+
+    ``steps`` SGD steps on the path alone (fresh momentum, the rate decaying from ``lr`` to 0 on
+    a cosine), batches from ``batches`` (``to_input`` turns their images into the network's
+    input; labels go to the images' device). Random layers (dropout) draw from a generator
+    seeded with ``seed``, forked from the global one, which is left as it was. On leaving, the
+    path's parameters and BN buffers are restored exactly and the supernet's train/eval mode
+    with them, so the next candidate starts from the supernet's own weights (finalist
+    re-ranking, issue 17).
+    """
+    modules = [module for _, module in supernet.path_modules(arch)]
+    saved = [{k: v.detach().clone() for k, v in module.state_dict().items()} for module in modules]
+    was_training = supernet.training
+    optimizer = make_sgd(
+        supernet.path_parameters(arch), lr=lr, momentum=momentum, nesterov=False, weight_decay=weight_decay
+    )
+    device = next(supernet.parameters()).device
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            supernet.train()
+            for step in range(steps):
+                images, labels = next(batches)
+                inputs = to_input(images)
+                sgd_step(
+                    lambda x: supernet(x, arch),
+                    inputs,
+                    labels.to(inputs.device),
+                    optimizer,
+                    lr=learning_rate(step, total=steps, peak=lr, warmup=0, schedule="cosine"),
+                    label_smoothing=label_smoothing,
+                    autocast=contextlib.nullcontext(),
+                )
+        supernet.train(was_training)
+        yield
+    finally:
+        with torch.no_grad():
+            for module, state in zip(modules, saved, strict=True):
+                module.load_state_dict(state)
+        for parameter in supernet.parameters():
+            parameter.grad = None
+        supernet.train(was_training)
 
 
 @dataclass(frozen=True)

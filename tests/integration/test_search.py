@@ -140,6 +140,35 @@ def test_final_rescoring_picks_the_best_of_the_top_k_on_the_larger_sample(traine
     assert reference_summary["best_score"] == top4[0]["score"]
 
 
+def test_finalist_finetuning_rescores_each_finalist_from_the_supernet_weights(trained, searched, tmp_path):
+    """search.final_finetune_steps: each finalist's path is trained briefly, from the supernet's
+    own weights every time, then re-scored; the checkpoint is left as it was."""
+    reference, _ = searched
+    run_dir = _copy_supernet(trained, tmp_path / "finetune")
+    overrides = [*SEARCH, "search.final_top_k=3", "search.final_finetune_steps=6", "search.final_finetune_lr=0.05"]
+    config = load_config(SMOKE, overrides)
+    runtime = Runtime.from_env("cpu", threads=2)
+    before = (run_dir / "supernet.ckpt").read_bytes()
+    summary = search.run(config, run_dir, runtime=runtime)
+    assert (run_dir / "supernet.ckpt").read_bytes() == before
+    assert (run_dir / "history.jsonl").read_text() == (reference / "history.jsonl").read_text()
+    finalists = summary["finalists"]
+    assert len(finalists) == 3 and summary["final_seconds"] > 0
+    assert summary["best_arch"] == finalists[0]["arch"]
+
+    # A finalist scored alone, in another order, gets the same score: the fine-tuning starts
+    # from the supernet's weights and its batches depend on the candidate only.
+    payload = load_checkpoint(run_dir / "supernet.ckpt", kind="supernet", map_location="cpu")
+    session = open_for_scoring(config, payload, run_dir / "supernet.ckpt", runtime)
+    scorer = session.scorer_with(recalibrate_images=config.search.recalibrate_images, val_images=None)
+    plain = []
+    for finalist in reversed(finalists):
+        arch = session.space.arch(finalist["arch"].split(","))
+        assert search._finetuned_score(session, scorer, arch) == pytest.approx(finalist["final_score"])
+        plain.append(scorer.score(arch))
+    assert sorted(plain) != sorted(f["final_score"] for f in finalists)  # the fine-tuning did something
+
+
 ESTIMATOR = [
     "search.generations=3",
     "search.population_size=6",

@@ -114,3 +114,38 @@ def test_complexity_aware_rate_decays_small_paths_faster():
     assert complexity_scaled_lr(0.05, peak=0.1, power=1.0, complexity=0.0) == 0.05  # off
     assert complexity_scaled_lr(0.1, peak=0.1, power=3.0, complexity=0.0) == 0.1  # at the peak
     assert complexity_scaled_lr(0.05, peak=0.1, power=3.0, complexity=-2.0) == pytest.approx(0.0125)  # clamped
+
+
+def test_finetuned_path_trains_the_path_inside_and_restores_everything_after():
+    import itertools
+
+    from spos.space import create_space
+    from spos.supernet import build_supernet
+    from spos.train import finetuned_path
+
+    space = create_space("nb201", channels=4, cells_per_stage=1, input_size=8)
+    torch.manual_seed(0)
+    supernet = build_supernet(space).eval()
+    arch = space.arch(["nor_conv_3x3"] * 6)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(16, 3, 8, 8, generator=generator)
+    labels = torch.arange(16) % 10
+    before = {k: v.clone() for k, v in supernet.state_dict().items()}
+
+    def loss() -> float:
+        with torch.no_grad():
+            return torch.nn.functional.cross_entropy(supernet(images, arch), labels).item()
+
+    start = loss()
+    global_rng = torch.get_rng_state()
+    settings = dict(steps=30, lr=0.1, momentum=0.9, weight_decay=0.0, label_smoothing=0.0, to_input=lambda x: x, seed=0)
+    with finetuned_path(supernet, arch, itertools.repeat((images, labels)), **settings):
+        assert not supernet.training  # the caller's mode inside the block, for scoring
+        assert loss() < start - 0.1  # the path fitted the batch
+        on_path = {id(p) for p in supernet.path_parameters(arch)}
+        for name, parameter in supernet.named_parameters():  # only the path's weights moved
+            assert torch.equal(parameter, before[name]) != (id(parameter) in on_path), name
+    after = supernet.state_dict()
+    assert all(torch.equal(after[k], before[k]) for k in before)  # restored exactly
+    assert not supernet.training and all(p.grad is None for p in supernet.parameters())
+    assert torch.equal(torch.get_rng_state(), global_rng)  # dropout drew from a forked generator

@@ -17,6 +17,8 @@ percentile, recorded with its ``signals`` in ``history.jsonl``.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
 import math
@@ -34,11 +36,12 @@ from spos.evolution import create_strategy, pareto_front
 from spos.io import atomic_write_text, finite_json, write_json
 from spos.latency import LatencyTable
 from spos.rundir import RunDir, start_run, update_summary
-from spos.scoring import CachedScorer, ScoringSession
+from spos.data.prepare import train_stream
+from spos.scoring import ArchScorer, CachedScorer, ScoringSession
 from spos.signals import SUPERNET, SignalSource, proxy_batch, reference_pool
-from spos.space import make_rng
+from spos.space import make_rng, seed_from
 from spos.stages.common import ProgressFactory, null_progress, open_for_scoring, run_costs
-from spos.train import Stopwatch
+from spos.train import Stopwatch, finetuned_path
 
 __all__ = ["run"]
 
@@ -131,7 +134,9 @@ def _search_one(
     best_arch, best_score = strategy.best
     finalists = None
     if final_score_many is not None:
+        final_clock = Stopwatch()  # re-scoring (and fine-tuning) cost, reported next to its effect
         best_arch, best_score, finalists = _final_pick(strategy.history, space, cfg.final_top_k, final_score_many)
+        final_seconds = final_clock()
     history = []
     for record in strategy.history:
         arch = space.arch(record["arch"])
@@ -152,6 +157,7 @@ def _search_one(
     }
     if finalists is not None:
         summary["finalists"] = finalists
+        summary["final_seconds"] = round(final_seconds, 2)
     extra: dict[str, Any] = {}
     if fitness.estimator is not None:
         summary["estimator"] = fitness.explain(best_arch)
@@ -189,6 +195,33 @@ def _final_pick(
     ]
     winner = order[0]
     return candidates[winner][0], finals[winner], finalists
+
+
+def _finetuned_score(session: ScoringSession, scorer: ArchScorer, arch: Arch) -> float:
+    """``scorer``'s score of ``arch`` after fine-tuning its path briefly (search.final_finetune_*).
+
+    The batches are seeded by the candidate alone and drawn whole on every rank (each rank
+    fine-tunes its own share of finalists), so a finalist's score does not depend on the
+    order, the rank or the world size it was scored at.
+    """
+    config, runtime = session.config, session.runtime
+    optim = config.supernet.optim
+    alone = dataclasses.replace(runtime, rank=0, world_size=1)
+    seed = seed_from(config.seed, f"finalist-finetune/{arch.key}")
+    batches = train_stream(config.data, session.data, alone, batch_size=config.supernet.batch_size, seed=seed)
+    with finetuned_path(
+        session.supernet,
+        arch,
+        batches,
+        steps=config.search.final_finetune_steps,
+        lr=config.search.final_finetune_lr,
+        momentum=optim.momentum,
+        weight_decay=optim.weight_decay,
+        label_smoothing=optim.label_smoothing,
+        to_input=lambda images: session.data.to_float(images, runtime, channels_last=config.runtime.channels_last),
+        seed=seed,
+    ):
+        return scorer.score(arch)
 
 
 def _estimator_description(config: RunConfig) -> dict[str, Any] | None:
@@ -379,8 +412,11 @@ def run(
             recalibrate_images=cfg.final_recalibrate_images or cfg.recalibrate_images,
             val_images=cfg.final_val_images,
         )
+        score_final = final_scorer.score
+        if cfg.final_finetune_steps:
+            score_final = functools.partial(_finetuned_score, session, final_scorer)
         # The strategy and its baseline often share finalists.
-        final_score_many = CachedScorer(final_scorer.score, runtime=runtime).score_many
+        final_score_many = CachedScorer(score_final, runtime=runtime).score_many
 
     common = dict(
         config=config,
