@@ -32,7 +32,9 @@ from spos.calibrate import recalibrate_bn
 from spos.errors import SposError
 from spos.io import read_jsonl
 from spos.space import SearchSpace, seed_from
+from spos.data.prepare import train_stream
 from spos.train import evaluate as evaluate_model
+from spos.train import finetuned_path
 
 if TYPE_CHECKING:
     from spos.config import RunConfig
@@ -217,6 +219,33 @@ class ScoringSession:
     def scorer(self) -> ArchScorer:
         cfg = self.config.search
         return self.scorer_with(recalibrate_images=cfg.recalibrate_images, val_images=cfg.val_images)
+
+    def finetuned_score(self, scorer: ArchScorer, arch: Arch, *, steps: int, lr: float) -> float:
+        """``scorer``'s score of ``arch`` after its path is fine-tuned for ``steps`` SGD steps
+        from the supernet's weights, which are restored afterwards (finalist re-ranking).
+
+        Momentum, weight decay, label smoothing and batch size are the supernet stage's. The
+        batches and random layers are seeded by the candidate alone and drawn whole on every
+        rank, so the score does not depend on the order, rank or world size it is computed at.
+        """
+        config, runtime = self.config, self.runtime
+        optim = config.supernet.optim
+        seed = seed_from(config.seed, f"finalist-finetune/{arch.key}")
+        alone = dataclasses.replace(runtime, rank=0, world_size=1)  # each rank tunes its own finalists
+        batches = train_stream(config.data, self.data, alone, batch_size=config.supernet.batch_size, seed=seed)
+        with finetuned_path(
+            self.supernet,
+            arch,
+            batches,
+            steps=steps,
+            lr=lr,
+            momentum=optim.momentum,
+            weight_decay=optim.weight_decay,
+            label_smoothing=optim.label_smoothing,
+            to_input=lambda images: self.data.to_float(images, runtime, channels_last=config.runtime.channels_last),
+            seed=seed,
+        ):
+            return scorer.score(arch)
 
     def scorer_with(self, *, recalibrate_images: int, val_images: int | None) -> ArchScorer:
         return build_scorer(

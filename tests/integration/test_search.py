@@ -164,7 +164,7 @@ def test_finalist_finetuning_rescores_each_finalist_from_the_supernet_weights(tr
     plain = []
     for finalist in reversed(finalists):
         arch = session.space.arch(finalist["arch"].split(","))
-        assert search._finetuned_score(session, scorer, arch) == pytest.approx(finalist["final_score"])
+        assert session.finetuned_score(scorer, arch, steps=6, lr=0.05) == pytest.approx(finalist["final_score"])
         plain.append(scorer.score(arch))
     assert sorted(plain) != sorted(f["final_score"] for f in finalists)  # the fine-tuning did something
 

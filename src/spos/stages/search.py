@@ -17,7 +17,6 @@ percentile, recorded with its ``signals`` in ``history.jsonl``.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
@@ -36,12 +35,11 @@ from spos.evolution import create_strategy, pareto_front
 from spos.io import atomic_write_text, finite_json, write_json
 from spos.latency import LatencyTable
 from spos.rundir import RunDir, start_run, update_summary
-from spos.data.prepare import train_stream
-from spos.scoring import ArchScorer, CachedScorer, ScoringSession
+from spos.scoring import CachedScorer, ScoringSession
 from spos.signals import SUPERNET, SignalSource, proxy_batch, reference_pool
-from spos.space import make_rng, seed_from
+from spos.space import make_rng
 from spos.stages.common import ProgressFactory, null_progress, open_for_scoring, run_costs
-from spos.train import Stopwatch, finetuned_path
+from spos.train import Stopwatch
 
 __all__ = ["run"]
 
@@ -195,33 +193,6 @@ def _final_pick(
     ]
     winner = order[0]
     return candidates[winner][0], finals[winner], finalists
-
-
-def _finetuned_score(session: ScoringSession, scorer: ArchScorer, arch: Arch) -> float:
-    """``scorer``'s score of ``arch`` after fine-tuning its path briefly (search.final_finetune_*).
-
-    The batches are seeded by the candidate alone and drawn whole on every rank (each rank
-    fine-tunes its own share of finalists), so a finalist's score does not depend on the
-    order, the rank or the world size it was scored at.
-    """
-    config, runtime = session.config, session.runtime
-    optim = config.supernet.optim
-    alone = dataclasses.replace(runtime, rank=0, world_size=1)
-    seed = seed_from(config.seed, f"finalist-finetune/{arch.key}")
-    batches = train_stream(config.data, session.data, alone, batch_size=config.supernet.batch_size, seed=seed)
-    with finetuned_path(
-        session.supernet,
-        arch,
-        batches,
-        steps=config.search.final_finetune_steps,
-        lr=config.search.final_finetune_lr,
-        momentum=optim.momentum,
-        weight_decay=optim.weight_decay,
-        label_smoothing=optim.label_smoothing,
-        to_input=lambda images: session.data.to_float(images, runtime, channels_last=config.runtime.channels_last),
-        seed=seed,
-    ):
-        return scorer.score(arch)
 
 
 def _estimator_description(config: RunConfig) -> dict[str, Any] | None:
@@ -414,7 +385,9 @@ def run(
         )
         score_final = final_scorer.score
         if cfg.final_finetune_steps:
-            score_final = functools.partial(_finetuned_score, session, final_scorer)
+            score_final = functools.partial(
+                session.finetuned_score, final_scorer, steps=cfg.final_finetune_steps, lr=cfg.final_finetune_lr
+            )
         # The strategy and its baseline often share finalists.
         final_score_many = CachedScorer(score_final, runtime=runtime).score_many
 
