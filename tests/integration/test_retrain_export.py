@@ -282,3 +282,21 @@ def test_export_without_retrain_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="spos retrain"):
         export.run(load_config(SMOKE), tmp_path, runtime=_runtime())
     assert not os.path.exists(tmp_path / "export")
+
+
+def test_ddp_skips_the_unused_parameter_search_only_for_children_that_use_every_weight():
+    """Retraining wraps a child without find_unused_parameters unless a weight gets no
+    gradient (an NB201 cell whose node 1 leads nowhere); the probe leaves the child as it was."""
+    from spos.childnet import build_child
+    from spos.space import create_space
+    from spos.stages.retrain import _uses_every_parameter
+
+    space = create_space("nb201", channels=4, cells_per_stage=1)
+    runtime = Runtime.from_env("cpu", threads=2)
+    full = build_child(space, space.arch(["nor_conv_3x3"] * 6))
+    before = {k: v.clone() for k, v in full.state_dict().items()}
+    assert _uses_every_parameter(full, space, runtime)
+    assert all(torch.equal(v, before[k]) for k, v in full.state_dict().items())  # BN stats untouched
+    assert full.training and all(p.grad is None for p in full.parameters())
+    dead = space.arch(["nor_conv_3x3", "nor_conv_3x3", "none", "nor_conv_3x3", "none", "nor_conv_3x3"])
+    assert not _uses_every_parameter(build_child(space, dead), space, runtime)

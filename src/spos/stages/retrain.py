@@ -239,6 +239,22 @@ def _initial_child(
     return child.to(memory_format=torch.channels_last) if channels_last else child
 
 
+def _uses_every_parameter(child: torch.nn.Module, space: SearchSpace, runtime: Runtime) -> bool:
+    """Whether one backward pass of ``child`` reaches every parameter (probed in eval mode on a
+    zero batch, so BN statistics, quantiser initialisation and the RNG are left untouched)."""
+    layout = space.layout
+    example = torch.zeros(2, int(layout["in_channels"]), int(layout["input_size"]), int(layout["input_size"]), device=runtime.device)
+    was_training = child.training
+    child.eval()
+    try:
+        child(example).sum().backward()
+        return all(p.grad is not None for p in child.parameters() if p.requires_grad)
+    finally:
+        for parameter in child.parameters():
+            parameter.grad = None
+        child.train(was_training)
+
+
 def run(
     config: RunConfig,
     run_dir: Path,
@@ -294,7 +310,9 @@ def run(
         run.retrain_dir.mkdir(parents=True, exist_ok=True)
 
     child = _initial_child(space, arch, run, runtime, seed=retrain_seed, inherit=payload is None and cfg.init == "inherit", channels_last=channels_last)
-    model = runtime.wrap(child)
+    # A child normally uses every weight each step, so DDP can skip its search for unused ones
+    # (a faster backward); a cell with a dead node does not, and keeps the search.
+    model = runtime.wrap(child, find_unused_parameters=runtime.distributed and not _uses_every_parameter(child, space, runtime))
     optimizer = make_sgd(child, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov, weight_decay=optim.weight_decay)
     state = TrainState(child, optimizer, stream, device=runtime.device)
     bn_postprocessed, last_val_acc = False, None
