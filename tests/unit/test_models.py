@@ -311,3 +311,27 @@ def test_channels_last_training_step_keeps_the_layout(fmnist_space):
     for handle in handles:
         handle.remove()
     assert len(layouts) == 20 and all(layouts)
+
+
+def test_training_split_keeps_channels_last_even_where_channel_shuffle_returns_nchw(monkeypatch):
+    """CUDA's channel_shuffle is a permute + contiguous that returns NCHW; emulated here, the
+    training split still hands out channels_last halves and a channels_last input gradient,
+    with the same values and gradient as the plain strided split."""
+    from spos import ops
+
+    def math_channel_shuffle(x, groups):  # what aten's non-CPU path computes
+        n, c, h, w = x.shape
+        return x.view(n, groups, c // groups, h, w).permute(0, 2, 1, 3, 4).contiguous().reshape(n, c, h, w)
+
+    monkeypatch.setattr(ops.F, "channel_shuffle", math_channel_shuffle)
+    x = torch.randn(2, 8, 5, 5, dtype=torch.double).to(memory_format=CHANNELS_LAST).requires_grad_()
+    even, odd = _channel_shuffle_for_training(x)
+    assert math_channel_shuffle(x, 4).is_contiguous()  # the emulation does lose the layout
+    assert even.is_contiguous(memory_format=CHANNELS_LAST) or even.stride(1) == 1  # NHWC-strided halves
+    (even.sum() * 3 + (odd * odd).sum()).backward()
+    assert x.grad.is_contiguous(memory_format=CHANNELS_LAST)
+    reference = x.detach().clone().requires_grad_()
+    (reference[:, 0::2].sum() * 3 + (reference[:, 1::2] ** 2).sum()).backward()
+    assert torch.equal(x.grad, reference.grad)
+    assert torch.equal(even, x[:, 0::2]) and torch.equal(odd, x[:, 1::2])
+    assert torch.autograd.gradcheck(lambda t: _channel_shuffle_for_training(t), (x.detach().requires_grad_(),))
