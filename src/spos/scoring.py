@@ -105,13 +105,14 @@ class ArchScorer:
         """Mean validation cross-entropy of ``arch`` (eval mode, current BN buffers)."""
         was_training = self.supernet.training
         self.supernet.eval()
-        total, count = 0.0, 0
+        total: torch.Tensor | float = 0.0  # float64 on the device: one host read at the end
+        count = 0
         for images, labels in self.val_batches:
             logits = self.supernet(images, arch)
-            total += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
-            count += int(labels.numel())
+            total = total + torch.nn.functional.cross_entropy(logits, labels, reduction="sum").double()
+            count += labels.numel()
         self.supernet.train(was_training)
-        return total / max(1, count)
+        return float(total) / max(1, count)
 
     def score(self, arch: Arch) -> float:
         """Validation top-1 (%) of ``arch`` after BN recalibration (or minus its mean loss);

@@ -184,20 +184,24 @@ def evaluate(
 
     ``batches`` are ``(inputs, labels)`` already on the model's device; top-1 counts
     ``argmax == label``, top-``k`` counts the label among the ``k`` largest logits. The
-    model's train/eval mode is restored afterwards.
+    model's train/eval mode is restored afterwards. The counts stay on the device until the
+    last batch (one host read per call, not per batch: a GPU is never left waiting).
     """
     was_training = model.training
     model.eval()
-    correct = correct_topk = images = nonfinite = 0
+    counts: torch.Tensor | None = None  # [top-1 hits, non-finite rows, top-k hits]
+    images = 0
     for inputs, labels in batches:
         logits = model(inputs) if arch is None else model(inputs, arch)
-        correct += int((logits.argmax(dim=1) == labels).sum())
-        nonfinite += int((~torch.isfinite(logits)).any(dim=1).sum())
-        if k > 1:
-            correct_topk += int((logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum())
-        images += int(labels.numel())
+        correct = (logits.argmax(dim=1) == labels).sum()
+        nonfinite = (~torch.isfinite(logits)).any(dim=1).sum()
+        topk = (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum() if k > 1 else correct
+        batch = torch.stack([correct, nonfinite, topk])
+        counts = batch if counts is None else counts + batch
+        images += labels.numel()
     model.train(was_training)
-    return Accuracy(images, correct, correct if k == 1 else correct_topk, k, nonfinite)
+    correct, nonfinite, correct_topk = counts.tolist() if counts is not None else (0, 0, 0)
+    return Accuracy(images, correct, correct_topk, k, nonfinite)
 
 
 def check_global_batch(payload: Mapping[str, Any], batch_size: int, *, section: str, path: Path) -> None:
