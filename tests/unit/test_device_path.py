@@ -138,6 +138,8 @@ def test_training_step_recalibration_and_scoring_stay_on_the_device_without_per_
         supernet, data, runtime, seed=0, recalibrate_images=24, val_images=24, batch_size=8, channels_last=True
     )
     assert len(scorer.recalibrate_batches) == len(scorer.val_batches) == 3
+    held = [images for batches in (scorer.recalibrate_batches, scorer.val_batches) for images, _ in batches.batches]
+    assert all(images.device == META and images.dtype == torch.uint8 for images in held)  # issue 18 item 6
     assert reads.take() == {}
     scorer.recalibrate(arch)
     assert reads.take() == {}, "BN recalibration read a tensor on the host"
