@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from spos import data
+from spos.data import lazy
 
 
 def write_tree(root: Path, count: int) -> None:
@@ -64,7 +65,9 @@ def main() -> None:
             folder = data.LazyImageFolder(tmp, "train", num_workers=threads)
             train = rate(folder, train=True, batch=args.batch)
             evaluate = rate(folder, train=False, batch=args.batch)
-            with mock.patch.object(data, "_draft", lambda image, width, height: 1.0):
+            # _draft lives in spos.data.lazy since the data package split; patching the package
+            # attribute (as this script did) raised AttributeError.
+            with mock.patch.object(lazy, "_draft", lambda image, width, height: 1.0):
                 full = rate(folder, train=True, batch=args.batch)
             print(
                 f"{threads} thread(s): train crops {train:.0f} img/s, eval crops {evaluate:.0f} img/s, "

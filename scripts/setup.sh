@@ -2,8 +2,10 @@
 # One-time (and idempotent) set-up: a virtual environment in .venv with spos and its
 # dependencies, and the default dataset (Fashion-MNIST) where spos looks for it.
 #
-#   SPOS_TORCH_SPEC  torch requirement to install (default: torch==2.13.0, the CPU build
-#                    this project is tested with; e.g. "torch==2.5.1" or a CUDA index URL).
+#   SPOS_TORCH_SPEC  torch requirement to install (default: torch==2.13.0, the version
+#                    this project is tested with; e.g. "torch==2.5.1"). It is one pip
+#                    requirement, not a URL: choose a CUDA build with pip's PIP_INDEX_URL /
+#                    PIP_EXTRA_INDEX_URL and a fresh SPOS_VENV (README, "GPU").
 #   SPOS_VENV        where to put the virtual environment (default: .venv).
 #   PYTHON           interpreter used to create it (default: python3).
 set -euo pipefail

@@ -102,7 +102,7 @@ def _add_trust_plugins(p: argparse.ArgumentParser) -> None:
 
 
 def _runtime(config):
-    from spos.dist import Runtime
+    from spos.dist import Runtime, check_amp
 
     runtime = Runtime.from_env(
         config.device,
@@ -111,6 +111,7 @@ def _runtime(config):
         timeout_s=config.runtime.dist_timeout_s,
         deterministic=config.runtime.deterministic,
     )
+    check_amp(config.runtime.amp, runtime.device)  # before any data is read: bf16 on an old GPU
     if not runtime.is_main:
         logging.getLogger().setLevel(logging.WARNING)  # one copy of the INFO log, from rank 0
     return runtime

@@ -341,8 +341,10 @@ class RuntimeConfig:
 
     channels_last: bool = True
     """Use the channels_last memory format (faster on CPU and tensor cores)."""
-    amp: Literal["none", "bf16"] = "none"
-    """Mixed precision of training forwards: bf16 autocast on CUDA; ignored (one warning) on CPU."""
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    """Mixed precision of training forwards on CUDA: bf16 autocast (Ampere or newer; refused on
+    GPUs without bf16), or fp16 autocast with a gradient scaler whose state is checkpointed
+    (any CUDA GPU). Ignored with one warning on CPU, which trains in float32."""
     log_every: int = 20
     """Write a metrics line every N steps."""
     dist_backend: Literal["auto", "nccl", "gloo"] = "auto"

@@ -8,8 +8,9 @@ on CUDA, gloo on CPU); without them everything is a no-op on a single process.
 What the stages rely on under ``torchrun``: every rank builds the same model from the same
 seed and samples the same path from an identically seeded sampler, so DDP only has to average
 gradients; each rank reads its share of one global batch (:class:`spos.data.BatchStream`);
-only rank 0 writes files. The CUDA-only switches live here too, kept small: ``cudnn.benchmark``
-and bf16 autocast (:meth:`Runtime.autocast`).
+only rank 0 writes files. The CUDA-only switches live here too, kept small: ``cudnn.benchmark``,
+mixed precision (:meth:`Runtime.autocast`, bf16 or fp16) and fp16's gradient scaler
+(:meth:`Runtime.grad_scaler`).
 """
 
 from __future__ import annotations
@@ -28,12 +29,31 @@ from torch import nn
 
 from spos.errors import ConfigError
 
-__all__ = ["Runtime", "resolve_device", "AMP_MODES"]
+__all__ = ["Runtime", "resolve_device", "check_amp", "AMP_MODES"]
 
 #: Values of the ``runtime.amp`` config field.
-AMP_MODES = ("none", "bf16")
+AMP_MODES = ("none", "bf16", "fp16")
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 log = logging.getLogger(__name__)
+
+
+def check_amp(amp: str, device: torch.device) -> None:
+    """Refuse a mixed-precision mode this device cannot run.
+
+    Raises:
+        ConfigError: ``amp`` is not one of :data:`AMP_MODES`, or it is ``bf16`` on a CUDA GPU
+            without bf16 support (before Ampere), where it would be emulated slowly or fail
+            deep inside cuDNN.
+    """
+    if amp not in AMP_MODES:
+        raise ConfigError(f"config field 'runtime.amp' must be one of {list(AMP_MODES)}, got {amp!r}")
+    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        name = torch.cuda.get_device_name(device)
+        raise ConfigError(
+            f"config field 'runtime.amp' is bf16, but the GPU {name} ({device}) does not support "
+            "bfloat16; use runtime.amp=fp16 (float16 with a gradient scaler) or runtime.amp=none"
+        )
 
 
 def resolve_device(name: str, *, local_rank: int = 0) -> torch.device:
@@ -131,24 +151,38 @@ class Runtime:
         )
 
     def autocast(self, amp: str) -> contextlib.AbstractContextManager:
-        """A reusable context for the forward pass: bf16 autocast on CUDA when ``amp="bf16"``.
+        """A reusable context for the forward pass: bf16 or fp16 autocast on CUDA.
 
-        bf16 needs no loss scaling (it has float32's exponent range). On CPU ``bf16`` is
-        ignored with one warning and training runs in float32: CPU autocast is slower than
-        float32 on most CPUs, and a config written for GPUs should still run on a laptop.
+        bf16 needs no loss scaling (it has float32's exponent range); fp16 does (take
+        :meth:`grad_scaler` with it). On CPU ``bf16``/``fp16`` are ignored with one warning and
+        training runs in float32: CPU autocast is slower than float32 on most CPUs, and a
+        config written for GPUs should still run on a laptop.
 
         Raises:
-            ConfigError: ``amp`` is not one of :data:`AMP_MODES`.
+            ConfigError: ``amp`` is not one of :data:`AMP_MODES`, or the GPU cannot run it
+                (:func:`check_amp`).
         """
-        if amp not in AMP_MODES:
-            raise ConfigError(f"amp must be one of {list(AMP_MODES)}, got {amp!r}")
+        check_amp(amp, self.device)
         if amp == "none":
             return contextlib.nullcontext()
         if self.device.type != "cuda":
             if self.is_main:
                 log.warning("amp=%s is a CUDA option; running in float32 on %s", amp, self.device)
             return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return torch.autocast(device_type="cuda", dtype=_AMP_DTYPES[amp])
+
+    def grad_scaler(self, amp: str) -> torch.amp.GradScaler | None:
+        """fp16's gradient scaler on CUDA (None otherwise: bf16, float32 and CPU runs need none).
+
+        float16 gradients underflow without loss scaling; the scaler multiplies the loss,
+        unscales the gradients before clipping and skips a step whose gradients overflowed
+        (lowering the scale). Its state belongs in the training checkpoint
+        (:class:`spos.train.TrainState`).
+        """
+        check_amp(amp, self.device)
+        if amp != "fp16" or self.device.type != "cuda":
+            return None
+        return torch.amp.GradScaler("cuda")
 
     def all_reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
         """Average ``tensor`` over ranks in place (no-op on one process)."""

@@ -31,6 +31,10 @@ and gradient scaling; in eval mode, or under ``torch.no_grad()``, it is a plain
 record (ONNX ``Div``, ``Clip``, ``Round``, ``Mul``; ONNX ``Round`` and ``torch.round`` both
 round half to even).
 
+Precision: the quantiser computes in float32 whatever its input's dtype, so under bf16 or fp16
+autocast the grid (``x / s``, clamp, round, ``* s``) stays exact; the convolution that follows
+runs in the autocast dtype.
+
 Width slicing (bit widths combined with channel choices, SPEC section 2): a sliced
 :class:`QuantConvChoices` holds its weight at the largest width and a path uses the prefix
 ``W[:out, :in]`` (``in`` the width of its input, ``out`` asked by the caller), as
@@ -68,6 +72,7 @@ __all__ = [
 #: Bit width that full-precision layers count as in BitOps and model size (float32).
 FULL_PRECISION_BITS = 32
 
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
 _STEP_FLOOR = 1e-8  # keeps the step positive; a learned step never gets near it in practice
 _OPTION = re.compile(r"^w(\d+)a(\d+)$")
 
@@ -134,6 +139,13 @@ def lsq_quantize(
         ``round(clamp(x / s, -Q_N, Q_P)) * s``, with at most ``2^bits`` distinct values.
     """
     low, high = quant_range(bits, signed=signed)
+    if x.dtype in _HALF_DTYPES:
+        # Under bf16/fp16 autocast the input is half precision: bf16 keeps 8 significant bits,
+        # so x / s = 200.3 would already be 200.0 or 201.0 before round() sees it. The grid
+        # arithmetic runs in float32; the next convolution casts back under autocast.
+        x = x.float()
+    if step.dtype in _HALF_DTYPES:
+        step = step.float()
     s = step.abs().clamp_min(_STEP_FLOOR)
     if gradient_scale is None:
         return torch.clamp(x / s, low, high).round() * s
@@ -176,7 +188,8 @@ class LsqQuantizer(nn.Module):
 
     @torch.no_grad()
     def _initialize(self, x: Tensor) -> None:
-        value = 2.0 * x.detach().abs().mean() / math.sqrt(self.high)
+        x = x.detach().float() if x.dtype in _HALF_DTYPES else x.detach()
+        value = 2.0 * x.abs().mean() / math.sqrt(self.high)
         self.step.copy_(value.clamp_min(1e-4).to(self.step.dtype))
         self.initialized.fill_(1)
         self._ready = True

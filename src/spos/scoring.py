@@ -3,8 +3,9 @@
 ``score = top-1 on the fixed validation split after BN recalibration`` (or, with
 ``metric="loss"``, minus the mean validation cross-entropy: a finer-grained score when the
 validation set is small, since accuracy moves in steps of one image). The recalibration and
-validation batches are prepared once (decoded, normalised, on the device, channels_last) and
-reused for every candidate, so each candidate costs exactly its forwards. The supernet's own
+validation batches are prepared once (decoded, uint8, on the device or in pinned host memory)
+and normalised per batch as each candidate reads them (4x less memory than holding float32
+images: issue 18 item 6), so each candidate costs its forwards and one cheap normalisation. The supernet's own
 BN buffers are restored afterwards, so scoring never changes the supernet.
 
 This module owns the whole evaluator: :class:`ArchScorer` (one architecture),
@@ -62,8 +63,9 @@ class ArchScorer:
 
     Args:
         supernet: A :class:`spos.supernet.Supernet` (not DDP-wrapped).
-        recalibrate_batches: Prepared training batches (float images, labels) for BN
-            recalibration; the same ones for every candidate.
+        recalibrate_batches: Training batches (float images, labels on the device) for BN
+            recalibration, the same ones for every candidate: a list, or a Sequence that
+            normalises held uint8 images as each batch is read.
         val_batches: Prepared held-out validation batches; the same ones for every candidate.
     """
 
@@ -107,13 +109,14 @@ class ArchScorer:
         """Mean validation cross-entropy of ``arch`` (eval mode, current BN buffers)."""
         was_training = self.supernet.training
         self.supernet.eval()
-        total, count = 0.0, 0
+        total: torch.Tensor | float = 0.0  # float64 on the device: one host read at the end
+        count = 0
         for images, labels in self.val_batches:
             logits = self.supernet(images, arch)
-            total += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
-            count += int(labels.numel())
+            total = total + torch.nn.functional.cross_entropy(logits, labels, reduction="sum").double()
+            count += labels.numel()
         self.supernet.train(was_training)
-        return total / max(1, count)
+        return float(total) / max(1, count)
 
     def score(self, arch: Arch) -> float:
         """Validation top-1 (%) of ``arch`` after BN recalibration (or minus its mean loss);
@@ -140,7 +143,12 @@ class ArchScorer:
 
 
 class _NormalisedBatches(Sequence):
-    """uint8 batches held on the host, normalised and moved to the device when read."""
+    """uint8 batches, normalised (and moved to the device) when read.
+
+    ``on_device``: hold the images on the runtime's device (in-memory data: one uint8 copy,
+    a quarter of float32's size); otherwise in pinned host memory on CUDA (decoded lazy data,
+    which may not fit a GPU) and moved per read. Labels are held on the device.
+    """
 
     def __init__(
         self,
@@ -149,9 +157,17 @@ class _NormalisedBatches(Sequence):
         runtime: Runtime,
         *,
         channels_last: bool,
+        on_device: bool = False,
     ) -> None:
-        pin = runtime.device.type == "cuda"
-        self.batches = [(i.pin_memory() if pin else i, labels) for i, labels in batches]
+        device = runtime.device
+        pin = not on_device and device.type == "cuda"
+
+        def hold(images: torch.Tensor) -> torch.Tensor:
+            if on_device:
+                return images.to(device)
+            return images.pin_memory() if pin else images
+
+        self.batches = [(hold(images), labels.to(device)) for images, labels in batches]
         self.data, self.runtime, self.channels_last = data, runtime, channels_last
 
     def __len__(self) -> int:
@@ -159,8 +175,7 @@ class _NormalisedBatches(Sequence):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore
         images, labels = self.batches[index]
-        inputs = self.data.to_float(images, self.runtime, channels_last=self.channels_last)
-        return inputs, labels.to(self.runtime.device)
+        return self.data.to_float(images, self.runtime, channels_last=self.channels_last), labels
 
 
 def build_scorer(
@@ -183,14 +198,14 @@ def build_scorer(
 
     def prepared(dataset: Any) -> Sequence[tuple[torch.Tensor, torch.Tensor]]:
         if not isinstance(dataset, spos_data.ArrayDataset):
-            # Read from disk: decode once, keep uint8 on the host (4x smaller than float; ImageNet's
-            # 20k + 50k images take 10.5 GB), normalise on the device per use.
+            # Read from disk: decode once, keep uint8 on the host (ImageNet's 20k + 50k images
+            # take 10.5 GB), normalise on the device per use.
             batches = spos_data.iterate_batches(dataset, batch_size=batch_size, size=data.image_size)
             return _NormalisedBatches(list(batches), data, runtime, channels_last=channels_last)
-        return [
-            (data.to_float(images, runtime, channels_last=channels_last), labels.to(runtime.device))
-            for images, labels in spos_data.iterate_batches(dataset, batch_size=batch_size)
-        ]
+        # In memory: uint8 on the device (a view when the data already lives there),
+        # normalised per batch, never a float32 copy of the whole set.
+        batches = spos_data.iterate_batches(dataset, batch_size=batch_size)
+        return _NormalisedBatches(list(batches), data, runtime, channels_last=channels_last, on_device=True)
 
     return ArchScorer(
         supernet, recalibrate_batches=prepared(recal), val_batches=prepared(val), metric=metric

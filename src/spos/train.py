@@ -4,7 +4,8 @@ evaluation and the metrics log (SPEC sections 3 and 5, official training recipe)
 Each training loop stays in its stage (the supernet samples a path per step, retrain scores
 an epoch's end); only the state and the step are factored out here, as torchtune does.
 :class:`TrainState` is everything a checkpoint must hold to resume bit-identically: model,
-optimiser, data-stream position, path sampler, CPU and CUDA RNG, step and training seconds.
+optimiser, fp16's gradient scaler, data-stream position, path sampler, CPU and CUDA RNG, step
+and training seconds.
 """
 
 from __future__ import annotations
@@ -95,12 +96,15 @@ def complexity_scaled_lr(lr: float, *, peak: float, power: float, complexity: fl
 
 
 class StepResult(NamedTuple):
-    """What one :func:`sgd_step` produced: the loss and logits of the batch, and what the
-    ``before_step`` hook returned (the supernet's pre-clip gradient norm, or None)."""
+    """What one :func:`sgd_step` produced: the loss and logits of the batch, what the
+    ``before_step`` hook returned (the supernet's pre-clip gradient norm, or None) and, with a
+    gradient scaler, whether the scaler skipped the update (a 0-dim bool tensor on the device:
+    fp16 gradients overflowed; None without a scaler)."""
 
     loss: torch.Tensor
     logits: torch.Tensor
     grad_norm: torch.Tensor | None
+    skipped: torch.Tensor | None = None
 
 
 def sgd_step(
@@ -113,6 +117,7 @@ def sgd_step(
     label_smoothing: float,
     autocast: contextlib.AbstractContextManager,
     before_step: Callable[[], torch.Tensor | None] | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> StepResult:
     """One optimiser step on one batch: cross-entropy with label smoothing, at rate ``lr``.
 
@@ -122,6 +127,11 @@ def sgd_step(
         autocast: The forward pass's context (:meth:`spos.dist.Runtime.autocast`).
         before_step: Called after the backward pass, before the update: where the supernet
             drops off-path gradients and clips. Its return value is the result's ``grad_norm``.
+            With a scaler it runs after ``scaler.unscale_``, so it sees (and clips) the true
+            gradients.
+        scaler: fp16's gradient scaler (:meth:`spos.dist.Runtime.grad_scaler`): scale the
+            loss, backward, unscale, ``before_step``, step (skipped when the gradients hold an
+            inf or NaN), update the scale.
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -129,10 +139,32 @@ def sgd_step(
         logits = model(inputs)
         loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if scaler is None:
+        loss.backward()
+        grad_norm = before_step() if before_step is not None else None
+        optimizer.step()
+        return StepResult(loss, logits, grad_norm)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
     grad_norm = before_step() if before_step is not None else None
-    optimizer.step()
-    return StepResult(loss, logits, grad_norm)
+    skipped = _found_inf(scaler, optimizer, loss.device)
+    scaler.step(optimizer)
+    scaler.update()
+    return StepResult(loss, logits, grad_norm, skipped)
+
+
+def _found_inf(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer, device: torch.device) -> torch.Tensor:
+    """Whether ``scaler.unscale_`` found an inf or NaN gradient (a 0-dim bool on ``device``).
+
+    Read from the flags the scaler itself just computed, without a host sync; ``scaler.step``
+    decides from the same flags. (GradScaler keeps them per optimiser, per device; an
+    unscaled optimiser or a disabled scaler has none: nothing was skipped.)
+    """
+    state = getattr(scaler, "_per_optimizer_states", {}).get(id(optimizer), {})
+    flags = [flag.to(device) for flag in state.get("found_inf_per_device", {}).values()]
+    if not flags:
+        return torch.zeros((), dtype=torch.bool, device=device)
+    return torch.stack(flags).sum() > 0
 
 
 @contextlib.contextmanager
@@ -227,20 +259,24 @@ def evaluate(
 
     ``batches`` are ``(inputs, labels)`` already on the model's device; top-1 counts
     ``argmax == label``, top-``k`` counts the label among the ``k`` largest logits. The
-    model's train/eval mode is restored afterwards.
+    model's train/eval mode is restored afterwards. The counts stay on the device until the
+    last batch (one host read per call, not per batch: a GPU is never left waiting).
     """
     was_training = model.training
     model.eval()
-    correct = correct_topk = images = nonfinite = 0
+    counts: torch.Tensor | None = None  # [top-1 hits, non-finite rows, top-k hits]
+    images = 0
     for inputs, labels in batches:
         logits = model(inputs) if arch is None else model(inputs, arch)
-        correct += int((logits.argmax(dim=1) == labels).sum())
-        nonfinite += int((~torch.isfinite(logits)).any(dim=1).sum())
-        if k > 1:
-            correct_topk += int((logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum())
-        images += int(labels.numel())
+        correct = (logits.argmax(dim=1) == labels).sum()
+        nonfinite = (~torch.isfinite(logits)).any(dim=1).sum()
+        topk = (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum() if k > 1 else correct
+        batch = torch.stack([correct, nonfinite, topk])
+        counts = batch if counts is None else counts + batch
+        images += labels.numel()
     model.train(was_training)
-    return Accuracy(images, correct, correct if k == 1 else correct_topk, k, nonfinite)
+    correct, nonfinite, correct_topk = counts.tolist() if counts is not None else (0, 0, 0)
+    return Accuracy(images, correct, correct_topk, k, nonfinite)
 
 
 def check_global_batch(payload: Mapping[str, Any], batch_size: int, *, section: str, path: Path) -> None:
@@ -270,6 +306,8 @@ class TrainState:
         step: Optimiser steps taken.
         train_seconds: Training time so far (evaluation excluded).
         device: Where the model runs: on CUDA the device's RNG is saved and restored too.
+        scaler: fp16's gradient scaler (None otherwise); its scale and growth tracker are
+            saved as plain numbers, so a resumed fp16 run continues at the same loss scale.
     """
 
     model: nn.Module
@@ -279,6 +317,7 @@ class TrainState:
     step: int = 0
     train_seconds: float = 0.0
     device: torch.device = torch.device("cpu")
+    scaler: torch.amp.GradScaler | None = None
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {
@@ -292,6 +331,10 @@ class TrainState:
             state["sampler"] = self.sampler.state_dict()
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        if self.scaler is not None:
+            # Python floats and ints only ({"scale", "growth_factor", "backoff_factor",
+            # "growth_interval", "_growth_tracker"}): loads with weights_only=True.
+            state["grad_scaler"] = {key: _plain_number(value) for key, value in self.scaler.state_dict().items()}
         return state
 
     def save(
@@ -320,8 +363,18 @@ class TrainState:
         torch.set_rng_state(state["torch_rng"].cpu())  # the CPU RNG state, also on CUDA runs
         if self.device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
+        if self.scaler is not None and state.get("grad_scaler"):
+            # A checkpoint of a float32 or bf16 run has none: the scaler starts afresh.
+            self.scaler.load_state_dict(dict(state["grad_scaler"]))
         self.step, self.train_seconds = int(payload["step"]), float(state["train_seconds"])
         return state
+
+
+def _plain_number(value: Any) -> Any:
+    """A number of a scaler's state dict as a Python float or int (a tensor would pin a device)."""
+    if isinstance(value, torch.Tensor):
+        return value.item()
+    return value
 
 
 class MetricsLog:
@@ -387,13 +440,26 @@ class TrainingWindow:
         self.correct: torch.Tensor | None = None
         self.images = 0
         self.grad_norms: list[torch.Tensor] = []
+        # Per entry of grad_norms: the step's "scaler skipped it" flag (None: no scaler).
+        self.norm_skipped: list[torch.Tensor | None] = []
+        self.skipped: list[torch.Tensor] = []  # every step's flag, with a scaler
         self.clock = Stopwatch()
 
     def add(
-        self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, *, grad_norm: torch.Tensor | None = None
+        self,
+        loss: torch.Tensor,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        grad_norm: torch.Tensor | None = None,
+        skipped: torch.Tensor | None = None,
     ) -> None:
         """Count one step; ``grad_norm`` (the step's pre-clip gradient norm, the same on every
-        rank) is logged as the window's mean and max when given."""
+        rank) is logged as the window's mean and max when given. ``skipped`` (fp16's gradient
+        scaler skipped the update: :attr:`StepResult.skipped`) keeps that step's overflowed
+        gradient norm out of the divergence check and the logged norms: an overflow is the
+        scaler's normal way of finding its scale, not a diverged run; the line counts them as
+        ``skipped_steps``."""
         weighted = loss.detach().double() * labels.numel()
         hits = (logits.argmax(1) == labels).sum()
         self.loss_sum = weighted if self.loss_sum is None else self.loss_sum + weighted
@@ -401,6 +467,23 @@ class TrainingWindow:
         self.images += labels.numel()
         if grad_norm is not None:
             self.grad_norms.append(grad_norm.detach().double())
+            self.norm_skipped.append(skipped)
+        if skipped is not None:
+            self.skipped.append(skipped)
+
+    def _kept_norms(self) -> list[float]:
+        """The window's gradient norms of the steps that updated the model (one host read)."""
+        if not self.grad_norms:
+            return []
+        norms = torch.stack(self.grad_norms).tolist()
+        if all(flag is None for flag in self.norm_skipped):
+            return norms
+        device = self.grad_norms[0].device
+        flags = torch.stack([
+            flag.to(device) if flag is not None else torch.zeros((), dtype=torch.bool, device=device)
+            for flag in self.norm_skipped
+        ]).tolist()
+        return [norm for norm, skip in zip(norms, flags, strict=True) if not skip]
 
     def check_finite(self, *, stage: str, step: int, last_checkpoint: int | None, hint: str) -> None:
         """Raise :class:`DivergenceError` once a step had a non-finite loss or gradient norm
@@ -408,7 +491,7 @@ class TrainingWindow:
         host sync). ``last_checkpoint`` is the step of the last checkpoint written (None: none)."""
         if self.diverged is None and self.loss_sum is not None:
             loss = float(self.loss_sum) / max(1, self.images)
-            norms = [float(norm) for norm in self.grad_norms]
+            norms = self._kept_norms()
             if not (math.isfinite(loss) and all(map(math.isfinite, norms))):
                 bad_norm = next((norm for norm in norms if not math.isfinite(norm)), None)
                 self.diverged = f"loss {loss:g}" + (f", gradient norm {bad_norm:g}" if bad_norm is not None else "")
@@ -447,10 +530,12 @@ class TrainingWindow:
             "lr": lr,
             "images_per_s": images / max(seconds, 1e-9),
         }
-        if self.grad_norms:
-            norms = torch.stack(self.grad_norms).tolist()
+        norms = self._kept_norms()
+        if norms:
             record["grad_norm"] = sum(norms) / len(norms)
             record["grad_norm_max"] = max(norms)
+        if self.skipped:
+            record["skipped_steps"] = int(torch.stack(self.skipped).sum())
         self._reset()
         return record
 

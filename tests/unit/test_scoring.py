@@ -63,3 +63,45 @@ def test_file_store_resumes_only_matching_records(tmp_path):
     assert resumed.score_many(archs)[:2] == [1.0, 2.0] and len(resumed_calls) == 2
     other = CachedScorer(_counting([]), store=store, tag={**tag, "settings": {"score": "loss", "seed": 0}})
     assert other.missing(archs) == archs
+
+
+def test_scorer_holds_uint8_images_on_the_device_and_scores_as_float_batches_did():
+    """Issue 18 item 6: the fixed scoring images stay uint8 (a quarter of float32's memory)
+    and are normalised per batch; the scores equal those of float32 batches prepared up front
+    (the previous behaviour) exactly."""
+    import torch
+
+    from spos.config import load_config
+    from spos.data import iterate_batches
+    from spos.data.prepare import prepare_data
+    from spos.scoring import ArchScorer, build_scorer
+    from spos.space import seed_from
+    from spos.stages.common import build_space
+    from spos.supernet import build_supernet
+    from tests.conftest import SMOKE
+
+    config = load_config(SMOKE, ["data.synthetic_size=96", "data.val_size=32"])
+    data = prepare_data(config.data, seed=config.seed)
+    space = build_space(config, data)
+    torch.manual_seed(0)
+    supernet = build_supernet(space).to(memory_format=torch.channels_last)
+    runtime = Runtime.from_env("cpu")
+    kwargs = dict(seed=0, recalibrate_images=40, val_images=24, batch_size=16, channels_last=True)
+    scorer = build_scorer(supernet, data, runtime, **kwargs)
+    for held in (scorer.recalibrate_batches, scorer.val_batches):
+        assert [tuple(images.shape) for images, _ in held.batches][0] == (16, 3, 16, 16)
+        assert all(images.dtype == torch.uint8 and images.device == runtime.device for images, _ in held.batches)
+        inputs, labels = held[0]  # normalised when read
+        assert inputs.dtype == torch.float32 and inputs.is_contiguous(memory_format=torch.channels_last)
+    assert sum(len(labels) for _, labels in scorer.recalibrate_batches.batches) == 40
+
+    def as_float(dataset):
+        return [(data.to_float(images, runtime, channels_last=True), labels) for images, labels in iterate_batches(dataset, batch_size=16)]
+
+    generator = torch.Generator().manual_seed(seed_from(0, "recalibration-images"))  # build_scorer's draw
+    recal = data.train.subset(torch.randperm(len(data.train), generator=generator)[:40])
+    reference = ArchScorer(supernet, recalibrate_batches=as_float(recal), val_batches=as_float(data.val.subset(torch.arange(24))))
+    archs = _archs(3, space)
+    assert [scorer.score(arch) for arch in archs] == [reference.score(arch) for arch in archs]
+    scorer.metric = reference.metric = "loss"
+    assert [scorer.score(arch) for arch in archs] == [reference.score(arch) for arch in archs]

@@ -314,7 +314,7 @@ def run(
     # (a faster backward); a cell with a dead node does not, and keeps the search.
     model = runtime.wrap(child, find_unused_parameters=runtime.distributed and not _uses_every_parameter(child, space, runtime))
     optimizer = make_sgd(child, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov, weight_decay=optim.weight_decay)
-    state = TrainState(child, optimizer, stream, device=runtime.device)
+    state = TrainState(child, optimizer, stream, device=runtime.device, scaler=runtime.grad_scaler(config.runtime.amp))
     bn_postprocessed, last_val_acc = False, None
     if payload is not None:
         saved = state.load(payload)
@@ -358,11 +358,11 @@ def run(
             images, labels = next(stream)
             labels = labels.to(runtime.device)
             inputs = data.to_float(images, runtime, channels_last=channels_last)
-            result = sgd_step(model, inputs, labels, optimizer, lr=lr, label_smoothing=optim.label_smoothing, autocast=autocast, before_step=clip)
+            result = sgd_step(model, inputs, labels, optimizer, lr=lr, label_smoothing=optim.label_smoothing, autocast=autocast, before_step=clip, scaler=state.scaler)
             state.step += 1
             step = state.step
 
-            window.add(result.loss, result.logits, labels, grad_norm=result.grad_norm)
+            window.add(result.loss, result.logits, labels, grad_norm=result.grad_norm, skipped=result.skipped)
             epoch_end = step % steps_per_epoch == 0
             if step % log_every == 0 or epoch_end or step == total_steps:
                 window.check_finite(stage="retrain", step=step, last_checkpoint=saved_at, hint=hint)

@@ -8,7 +8,8 @@ panel now and then, and checkpoint atomically. Writes ``config.yaml``, the run's
 ``supernet.keep_checkpoints``) and, at the end, the ``supernet`` section of ``summary.json``.
 
 Resuming is exact on CPU: the checkpoint (:class:`spos.train.TrainState`) holds the model,
-optimiser, sampler (RNG and coverage), data stream position and the CPU (and CUDA) RNG, and
+optimiser, sampler (RNG and coverage), data stream position, the CPU (and CUDA) RNG and fp16's
+gradient scaler, and
 per-batch augmentation is seeded from the batch's position, so a run killed at any moment
 ends bit-identical to an uninterrupted one.
 """
@@ -124,6 +125,8 @@ def _path_only(supernet: Supernet, arch: Any, *, grad_clip: float, measure: bool
     """``sgd_step``'s ``before_step``: drop off-path gradients, clip; the pre-clip norm (when
     clipping or ``measure``) or None.
 
+    Under fp16 it runs after the gradient scaler's ``unscale_``: it clips true gradients.
+
     Off-path candidates must get no update (no decay, no momentum): DDP may hand them zero
     gradients, so make sure they have none, as the official release does.
     """
@@ -234,6 +237,7 @@ def run(
         train_stream(config.data, data, runtime, batch_size=cfg.batch_size, seed=seed_from(config.seed, "supernet-data")),
         sampler=_create_sampler(config, space, costs),
         device=runtime.device,
+        scaler=runtime.grad_scaler(config.runtime.amp),
     )
     if payload is not None:
         state.load(payload)
@@ -304,13 +308,14 @@ def run(
                 before_step=functools.partial(
                     _path_only, supernet, arch, grad_clip=optim.grad_clip, measure=state.sampler.uses_feedback
                 ),
+                scaler=state.scaler,
             )
             if state.sampler.uses_feedback:  # one host sync per step, only for such samplers
                 state.sampler.observe(arch, float(result.grad_norm))
             state.step += 1
             step = state.step
 
-            window.add(result.loss, result.logits, labels, grad_norm=result.grad_norm)
+            window.add(result.loss, result.logits, labels, grad_norm=result.grad_norm, skipped=result.skipped)
             if step % config.runtime.log_every == 0 or step == cfg.steps:
                 window.check_finite(stage="supernet", step=step, last_checkpoint=saved_at, hint=hint)
                 _check_same_path(runtime, arch, step)
