@@ -398,3 +398,19 @@ def test_train_stream_runs_the_configured_worker_processes(tree):
     workers.close()
     default.close()
     assert multiprocessing.active_children() == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")
+@pytest.mark.parametrize("worker_processes", [0, 1])
+def test_lazy_batches_come_pinned_when_asked(tree, worker_processes):
+    folder = data.LazyImageFolder(tree, "train", num_workers=1)
+    loader = functools.partial(folder.load_batch, size=8, train=True)
+    plain = data.BatchStream(folder, batch_size=4, seed=2, loader=loader)
+    with data.BatchStream(
+        folder, batch_size=4, seed=2, loader=loader, prefetch=True, pin_memory=True,
+        worker_processes=worker_processes,
+    ) as pinned:  # fmt: skip
+        for _ in range(4):
+            (images, labels), expected = next(pinned), next(plain)
+            assert images.is_pinned() and labels.is_pinned()
+            assert torch.equal(images, expected[0]) and torch.equal(labels, expected[1])
