@@ -103,8 +103,8 @@ class DataConfig:
     """DataLoader worker processes that decode a lazy dataset's training batches (data.lazy
     only), off the training process's GIL and, on CUDA, into pinned memory. 0 (the default):
     decode in the training process (num_workers threads), the next batches prepared by one
-    background thread, which was measured faster on CPU-only training, where the decoding
-    competes with training for the same cores anyway. On a GPU use several per GPU (enough
+    background thread; right for CPU-only training, where decoding and training share the
+    same cores anyway. On a GPU use several per GPU (enough
     that their combined images/s exceeds the GPU's; benchmarks/lazy_decode.py measures the
     rate per worker). A batch is a function of (seed, epoch, position) either way, so results,
     resuming and world-size invariance are the same."""
