@@ -97,7 +97,26 @@ class DataConfig:
     lighting: float = 0.0
     """Std of AlexNet PCA lighting noise (data.lazy only; 0.1 in many ImageNet recipes)."""
     num_workers: int | None = None
-    """Image decoding threads per process (data.lazy only); null: CPU count, at most 8."""
+    """Image decoding threads per process (data.lazy only); null: CPU count, at most 8, or 1 in
+    each of data.worker_processes."""
+    worker_processes: int = 0
+    """DataLoader worker processes that decode a lazy dataset's training batches (data.lazy
+    only), off the training process's GIL and, on CUDA, into pinned memory. 0 (the default):
+    decode in the training process (num_workers threads), the next batches prepared by one
+    background thread; right for CPU-only training, where decoding and training share the
+    same cores anyway. On a GPU use several per GPU (enough
+    that their combined images/s exceeds the GPU's; benchmarks/lazy_decode.py measures the
+    rate per worker). A batch is a function of (seed, epoch, position) either way, so results,
+    resuming and world-size invariance are the same."""
+    prefetch_batches: int = 2
+    """Training batches prepared ahead of the one being trained on (data.lazy only): queued on
+    the background thread, or kept ready by each worker process (DataLoader prefetch_factor)."""
+    decode_backend: Literal["cpu", "nvjpeg"] = "cpu"
+    """Where lazy training JPEGs are decoded: cpu (Pillow) or nvjpeg (batched on the GPU by
+    torchvision.io.decode_jpeg; needs a CUDA build of torchvision, which spos does not depend on,
+    and data.worker_processes=0). The same seeded crop boxes, flips and colour draws; the resize
+    is torch's antialiased bilinear, so pixels differ slightly from cpu. Evaluation batches are
+    decoded on the CPU either way."""
 
     def validate(self, prefix: str) -> None:
         # The registry of dataset names; torch-free, but imported here as it pulls in numpy.
@@ -117,6 +136,26 @@ class DataConfig:
                 "datasets are small and always decoded into memory",
             )
             _check(self.pad_to is None, f"{prefix}.pad_to", "must be null with data.lazy")
+        _check(self.worker_processes >= 0, f"{prefix}.worker_processes", "must be >= 0")
+        _check(
+            self.lazy or self.worker_processes == 0,
+            f"{prefix}.worker_processes",
+            "decodes lazily read images (data.lazy=true); in-memory datasets are indexed in "
+            "place and need none: set it to 0",
+        )
+        _check(self.prefetch_batches >= 1, f"{prefix}.prefetch_batches", "must be >= 1")
+        _check(
+            self.decode_backend == "cpu" or self.lazy,
+            f"{prefix}.decode_backend",
+            "nvjpeg decodes lazily read JPEGs (data.lazy=true); in-memory datasets are decoded "
+            "once: set it to cpu",
+        )
+        _check(
+            self.decode_backend == "cpu" or self.worker_processes == 0,
+            f"{prefix}.decode_backend",
+            "nvjpeg decodes on the GPU in the training process; CUDA cannot be used in forked "
+            "DataLoader workers: set data.worker_processes=0 (or decode_backend=cpu)",
+        )
         _check(self.input_size >= 8, f"{prefix}.input_size", "must be at least 8")
         _check(0 < self.crop_min_scale <= 1, f"{prefix}.crop_min_scale", "must be in (0, 1]")
         _check(self.color_jitter >= 0, f"{prefix}.color_jitter", "must be >= 0")

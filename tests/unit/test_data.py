@@ -679,3 +679,53 @@ def test_real_fashion_mnist_statistics():
     assert torch.bincount(train.labels).tolist() == [6000] * 10
     mean, std = data.channel_stats(train.images)
     assert abs(float(mean[0]) - 0.2860) < 1e-4 and abs(float(std[0]) - 0.3530) < 1e-4
+
+
+# --- pinned staging for a GPU (issue 18 item 2) ------------------------------------------
+
+_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")
+
+
+def test_gather_rows_equals_plain_indexing():
+    images = torch.randint(0, 256, (50, 3, 5, 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(50) * 3
+    index = torch.tensor([49, 0, 7, 7, 23])
+    gathered = data.gather_rows(images, index)
+    assert gathered.dtype == torch.uint8 and gathered.shape == (5, 3, 5, 7) and gathered.is_contiguous()
+    assert torch.equal(gathered, images[index])
+    assert data.gather_rows(labels, index).tolist() == [147, 0, 21, 21, 69]
+
+
+def test_an_in_memory_stream_with_a_cpu_device_is_unchanged():
+    dataset = data.synthetic_dataset(40, size=8, seed=0)
+    augment = partial(data.random_crop_flip, padding=2)
+
+    def batches(**kwargs):
+        stream = data.BatchStream(dataset, batch_size=8, seed=1, augment=augment, **kwargs)
+        return [next(stream) for _ in range(6)]
+
+    reference = batches()
+    for got, expected in zip(batches(device="cpu", pin_memory=True), reference, strict=True):
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+@_CUDA
+def test_gather_rows_into_pinned_memory():
+    images = torch.randint(0, 256, (20, 3, 4, 4), dtype=torch.uint8).pin_memory()
+    index = torch.tensor([3, 1, 19])
+    gathered = data.gather_rows(images, index, pin=True)
+    assert gathered.is_pinned() and not images[index].is_pinned()
+    assert torch.equal(gathered, images[index])
+
+
+@_CUDA
+def test_a_pinned_host_dataset_is_staged_copied_and_augmented_on_the_gpu():
+    dataset = data.synthetic_dataset(40, size=8, seed=0)
+    pinned = data.ArrayDataset(dataset.images.pin_memory(), dataset.labels.pin_memory(), dataset.classes)
+    augment = partial(data.random_crop_flip, padding=2)
+    plain = data.BatchStream(dataset, batch_size=8, seed=1, augment=augment)
+    staged = data.BatchStream(pinned, batch_size=8, seed=1, augment=augment, device="cuda")
+    for _ in range(6):
+        (images, labels), (expected_images, expected_labels) = next(staged), next(plain)
+        assert images.is_cuda and labels.is_cuda
+        assert torch.equal(images.cpu(), expected_images) and torch.equal(labels.cpu(), expected_labels)

@@ -8,7 +8,7 @@ This package owns everything between files on disk and uint8 batches on a device
   in-memory :class:`ArrayDataset` (:mod:`~spos.data.dataset`) and caches it as ``.npy``
   (:mod:`~spos.data.cache`);
 * :mod:`~spos.data.lazy`: :class:`LazyImageFolder`, which decodes ImageNet-sized trees on
-  demand instead;
+  demand instead (on the CPU, or optionally on the GPU: :mod:`~spos.data.gpu_decode`);
 * :mod:`~spos.data.augment`: batched uint8 augmentation and normalisation (SPEC section 8);
 * :mod:`~spos.data.stream`: the fixed held-out validation split (SPEC section 4), channel
   statistics and :class:`BatchStream`, the deterministic, resumable, rank-sharded stream of
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     )
     from spos.data.cache import cached_dataset, source_fingerprint
     from spos.data.dataset import ArrayDataset, make_generator
-    from spos.data.lazy import LazyImageFolder
+    from spos.data.lazy import DECODE_BACKENDS, LazyImageFolder, check_decode_backend
     from spos.data.readers import (
         CIFAR10_CLASSES,
         DATASET_NAMES,
@@ -55,13 +55,20 @@ if TYPE_CHECKING:
         read_image_folder,
         synthetic_dataset,
     )
-    from spos.data.stream import BatchStream, channel_stats, holdout_split, iterate_batches
+    from spos.data.stream import (
+        BatchStream,
+        channel_stats,
+        gather_rows,
+        holdout_split,
+        iterate_batches,
+    )
 
 __all__ = [
     "ArrayDataset",
     "BatchStream",
     "CIFAR10_CLASSES",
     "DATASET_NAMES",
+    "DECODE_BACKENDS",
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_ROOT",
     "LazyImageFolder",
@@ -69,7 +76,9 @@ __all__ = [
     "apply_crop_flip",
     "cached_dataset",
     "channel_stats",
+    "check_decode_backend",
     "crop_flip_params",
+    "gather_rows",
     "holdout_split",
     "iterate_batches",
     "jitter_colors",
@@ -100,7 +109,7 @@ _MODULES = {
     ),
     "cache": ("cached_dataset", "source_fingerprint"),
     "dataset": ("ArrayDataset", "make_generator"),
-    "lazy": ("LazyImageFolder",),
+    "lazy": ("DECODE_BACKENDS", "LazyImageFolder", "check_decode_backend"),
     "readers": (
         "CIFAR10_CLASSES",
         "DATASET_NAMES",
@@ -113,7 +122,7 @@ _MODULES = {
         "read_image_folder",
         "synthetic_dataset",
     ),
-    "stream": ("BatchStream", "channel_stats", "holdout_split", "iterate_batches"),
+    "stream": ("BatchStream", "channel_stats", "gather_rows", "holdout_split", "iterate_batches"),
 }
 _HOME = {name: module for module, names in _MODULES.items() for name in names}
 

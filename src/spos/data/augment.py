@@ -191,9 +191,14 @@ def random_crop_flip(
         raise DataError(f"share [{start}, {start + len(images)}) lies outside a batch of {total}")
     top, left, flips = crop_flip_params(total, padding=padding, generator=generator, flip=flip)
     share = slice(start, start + len(images))
-    return apply_crop_flip(
-        images, padding=padding, top=top[share], left=left[share], flips=flips[share]
-    )
+    top, left, flips = top[share], left[share], flips[share]
+    if images.device.type == "cuda":
+        # One asynchronous copy from pinned memory: moving the three pageable CPU tensors one
+        # by one would synchronise the host with the GPU three times per batch.
+        params = torch.stack([top, left, flips.long()]).pin_memory()
+        top, left, flips = params.to(images.device, non_blocking=True).unbind(0)
+        flips = flips.bool()
+    return apply_crop_flip(images, padding=padding, top=top, left=left, flips=flips)
 
 
 def pad_to(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -11,6 +11,7 @@ import copy
 import io
 import os
 import threading
+import weakref
 import zipfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,9 +23,52 @@ from PIL import Image, UnidentifiedImageError
 
 from spos.data.augment import add_lighting, jitter_colors, random_resized_crop_box
 from spos.data.readers import default_workers, index_images
-from spos.errors import DataError
+from spos.errors import ConfigError, DataError
 
-__all__ = ["LazyImageFolder"]
+__all__ = ["DECODE_BACKENDS", "LazyImageFolder", "check_decode_backend"]
+
+#: Where training JPEGs are decoded: ``cpu`` (Pillow / libjpeg-turbo, in threads or worker
+#: processes) or ``nvjpeg`` (batched on the GPU through ``torchvision.io.decode_jpeg``).
+DECODE_BACKENDS = ("cpu", "nvjpeg")
+
+# Every folder in this process, so that a forked child drops the zip handle and lock it
+# inherited (a handle shared across processes shares its file offset; a lock held by another
+# thread at fork time would never be released in the child).
+_LIVE: weakref.WeakSet[LazyImageFolder] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for folder in list(_LIVE):
+        folder._archive, folder._archive_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def check_decode_backend(name: str, *, field: str = "data.decode_backend") -> None:
+    """Refuse a decode backend this installation cannot run, naming the fix.
+
+    Raises:
+        ConfigError: ``name`` is unknown, or ``nvjpeg`` without torchvision or without CUDA.
+    """
+    if name not in DECODE_BACKENDS:
+        raise ConfigError(f"config field {field!r} must be one of {list(DECODE_BACKENDS)}, got {name!r}")
+    if name == "cpu":
+        return
+    try:
+        import torchvision.io  # noqa: F401  (optional: only this backend needs it)
+    except ImportError:
+        raise ConfigError(
+            f"config field {field!r} is 'nvjpeg', which decodes JPEGs on the GPU through "
+            "torchvision.io.decode_jpeg, but torchvision is not installed; install a torchvision "
+            f"built for this torch ({torch.__version__}) with CUDA, or set {field}=cpu"
+        ) from None
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"config field {field!r} is 'nvjpeg', which decodes on the GPU, but CUDA is not "
+            f"available (torch {torch.__version__}); run on a CUDA machine with CUDA builds of "
+            f"torch and torchvision, or set {field}=cpu"
+        )
 
 
 def _draft(image: Image.Image, width: int, height: int) -> float:
@@ -57,6 +101,11 @@ class LazyImageFolder:
         names: Image paths relative to ``root``, sorted.
         labels: ``int64`` labels, one per name.
         classes: Class names.
+        decode_backend: ``cpu`` or ``nvjpeg`` (training batches decoded on the GPU; see
+            :data:`DECODE_BACKENDS`).
+
+    The folder pickles without its open zip handle (a DataLoader worker process reopens the
+    zip on its first read), and a forked child drops the handle it inherited.
     """
 
     def __init__(
@@ -66,15 +115,30 @@ class LazyImageFolder:
         *,
         classes: Sequence[str] | None = None,
         num_workers: int | None = None,
+        decode_backend: str = "cpu",
     ) -> None:
+        check_decode_backend(decode_backend)
         self.root = Path(root)
         names, labels, self.classes = index_images(self.root, split, classes)
         self.names = names
         self.labels = torch.tensor(labels, dtype=torch.int64)
         self.num_workers = num_workers or default_workers()
+        self.decode_backend = decode_backend
         self._is_archive = not self.root.is_dir()
         self._archive: zipfile.ZipFile | None = None
         self._archive_lock = threading.Lock()
+        _LIVE.add(self)
+
+    def __getstate__(self) -> dict:
+        # A worker process reopens the zip itself, on its first read.
+        state = self.__dict__.copy()
+        state["_archive"] = state["_archive_lock"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._archive_lock = threading.Lock()
+        _LIVE.add(self)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -86,6 +150,7 @@ class LazyImageFolder:
         view.names = [self.names[i] for i in index.tolist()]
         view.labels = self.labels[index]
         view._archive, view._archive_lock = None, threading.Lock()
+        _LIVE.add(view)
         return view
 
     def close(self) -> None:
@@ -102,6 +167,14 @@ class LazyImageFolder:
             if self._archive is None:
                 self._archive = zipfile.ZipFile(self.root)
             return self._archive.read(self.names[index])
+
+    def _read_bytes(self, index: int) -> bytes:
+        if self._is_archive:
+            return self._read_archive(index)
+        try:
+            return (self.root / self.names[index]).read_bytes()
+        except OSError as exc:
+            raise DataError(f"cannot read image {self.root}/{self.names[index]} ({exc})") from None
 
     def load_batch(
         self,
@@ -135,7 +208,10 @@ class LazyImageFolder:
             lighting: Standard deviation of the PCA lighting noise (0 disables; AlexNet: 0.1).
 
         Returns:
-            ``uint8`` tensor of shape ``(len(indices), 3, size, size)``.
+            ``uint8`` tensor of shape ``(len(indices), 3, size, size)``; on the GPU for a
+            training batch with ``decode_backend="nvjpeg"`` (same crop boxes, flips and colour
+            draws; the resize is torch's antialiased bilinear, not Pillow's, so pixels differ
+            slightly from the CPU backend).
         """
         index_list = [int(i) for i in torch.as_tensor(indices, dtype=torch.int64).flatten()]
         count = len(index_list)
@@ -157,6 +233,20 @@ class LazyImageFolder:
                 factors = (1 + color_jitter * (2 * draws - 1)).clamp_(min=0)
             if lighting:
                 alphas = torch.randn(total, 3, generator=generator)[rows] * lighting
+        if train and self.decode_backend == "nvjpeg":
+            from spos.data.gpu_decode import decode_train_crops
+
+            sources = [self._read_bytes(i) for i in index_list]
+            return decode_train_crops(
+                sources,
+                [f"{self.root}/{self.names[i]}" for i in index_list],
+                uniforms,
+                size=size,
+                scale=scale,
+                flips=flips,
+                factors=factors,
+                alphas=alphas,
+            )
         sources = [self._read_archive(i) for i in index_list] if self._is_archive else None
         out = torch.empty((count, 3, size, size), dtype=torch.uint8)
         resize_to = int(round(size / 0.875))

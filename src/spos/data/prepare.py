@@ -9,6 +9,7 @@ the run seed, not the whole run config.
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 from collections.abc import Iterator
@@ -47,7 +48,8 @@ log = logging.getLogger(__name__)
 LAZY_STATS_IMAGES = 1024
 
 #: In-memory datasets up to this size go onto the GPU whole (CIFAR-10: 150 MB); larger
-#: ones stay in pinned host memory so the per-batch copy is asynchronous.
+#: ones stay in pinned host memory, and each batch is gathered into pinned staging memory
+#: (BatchStream with ``device``), so the per-batch copy is asynchronous.
 GPU_RESIDENT_BYTES = 4 * 2**30
 
 _Dataset = TypeVar("_Dataset", ArrayDataset, LazyImageFolder)
@@ -136,7 +138,11 @@ def _open_lazy(
             "(and val/<class>/<image> or test/<class>/<image>) files, or a .zip of one"
         )
     folder = LazyImageFolder(
-        Path(data_cfg.root).expanduser(), split, classes=classes, num_workers=data_cfg.num_workers
+        Path(data_cfg.root).expanduser(),
+        split,
+        classes=classes,
+        num_workers=data_cfg.num_workers,
+        decode_backend=data_cfg.decode_backend,
     )
     limit = data_cfg.train_limit if split == "train" else data_cfg.test_limit
     return _random_subset(folder, limit, seed=seed, split=split)
@@ -277,17 +283,27 @@ def train_stream(
 ) -> BatchStream:
     """The augmented, resumable, rank-sharded training stream of a stage.
 
-    In memory: pad + random crop + flip (``data.crop_padding``, ``data.flip``). With
-    ``data.lazy``: decode per batch with RandomResizedCrop + flip (+ colour jitter, lighting),
-    the next batch prefetched in the background. Either way a batch is a function of
-    ``(seed, epoch, position)`` and of the global batch only.
+    In memory: pad + random crop + flip (``data.crop_padding``, ``data.flip``); a dataset in
+    pinned host memory on CUDA (:func:`place_dataset`) is gathered into pinned staging memory,
+    copied asynchronously and augmented on the GPU. With ``data.lazy``: decode per batch with
+    RandomResizedCrop + flip (+ colour jitter, lighting), ``data.prefetch_batches`` ahead, in a
+    background thread or in ``data.worker_processes`` DataLoader workers, into pinned memory on
+    CUDA. Either way a batch is a function of ``(seed, epoch, position)`` and of the global
+    batch only.
     """
+    cuda = runtime.device.type == "cuda"
     common = dict(
         batch_size=batch_size, seed=seed, rank=runtime.rank, world_size=runtime.world_size
     )
     if isinstance(data.train, LazyImageFolder):
+        folder = data.train
+        if data_cfg.worker_processes and data_cfg.num_workers is None:
+            # One decoding thread per worker process unless asked: the processes are the
+            # parallelism, and CPU-count threads in each would oversubscribe the cores.
+            folder = copy.copy(folder)
+            folder.num_workers = 1
         loader = functools.partial(
-            data.train.load_batch,
+            folder.load_batch,
             size=data.image_size,
             train=True,
             scale=(data_cfg.crop_min_scale, 1.0),
@@ -295,9 +311,17 @@ def train_stream(
             color_jitter=data_cfg.color_jitter,
             lighting=data_cfg.lighting,
         )
-        return BatchStream(data.train, loader=loader, prefetch=True, **common)
+        return BatchStream(
+            data.train,
+            loader=loader,
+            prefetch=True,
+            prefetch_depth=data_cfg.prefetch_batches,
+            worker_processes=data_cfg.worker_processes,
+            pin_memory=cuda,
+            **common,
+        )
     augment = functools.partial(random_crop_flip, padding=data_cfg.crop_padding, flip=data_cfg.flip)
-    return BatchStream(data.train, augment=augment, **common)
+    return BatchStream(data.train, augment=augment, device=runtime.device, **common)
 
 
 def eval_batches(

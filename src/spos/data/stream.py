@@ -5,24 +5,29 @@
   shifting per-candidate subset is a known bug and is not copied);
 * :class:`BatchStream`: the deterministic, resumable, rank-sharded stream of training batches
   that supernet training (SPEC section 3) and retraining draw from, from memory or through a
-  loader that decodes each batch (prefetching the next in the background);
+  loader that decodes each batch (prepared ahead in a background thread or in DataLoader
+  worker processes, into pinned memory for a GPU);
 * :func:`iterate_batches`: in-order evaluation batches.
 """
 
 from __future__ import annotations
 
+import copy
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.utils.data
 
 from spos.data.dataset import ArrayDataset, make_generator
 from spos.data.lazy import LazyImageFolder
-from spos.errors import DataError
+from spos.errors import DataError, SposError
 
-__all__ = ["BatchStream", "channel_stats", "holdout_split", "iterate_batches"]
+__all__ = ["BatchStream", "channel_stats", "gather_rows", "holdout_split", "iterate_batches"]
 
 
 def holdout_split(
@@ -97,6 +102,62 @@ def channel_stats(
     return (mean / 255).float(), (var.sqrt() / 255).float()
 
 
+def gather_rows(source: torch.Tensor, index: torch.Tensor, *, pin: bool = False) -> torch.Tensor:
+    """``source[index]`` along the first dimension, into page-locked memory if ``pin``.
+
+    Plain indexing of a pinned tensor allocates ordinary pageable memory, so a later
+    ``to(device, non_blocking=True)`` would be a synchronous copy; this gathers straight into a
+    staging tensor from torch's caching host allocator instead. That allocator records the
+    copy's CUDA event when the staging tensor is freed and reuses the block only after it, so
+    each batch has its own staging memory and a batch the caller keeps is never overwritten.
+    """
+    index = index.to(source.device)
+    out = torch.empty((len(index), *source.shape[1:]), dtype=source.dtype, pin_memory=pin)
+    return torch.index_select(source, 0, index, out=out)
+
+
+@dataclass
+class _WorkerFailure:
+    """A user-fixable error raised in a worker process, re-raised as is by the stream."""
+
+    error: SposError
+
+
+class _PositionBatches(torch.utils.data.Dataset):
+    """What a DataLoader worker runs: ``(epoch, position) -> (key, images, labels)``."""
+
+    def __init__(self, stream: BatchStream) -> None:
+        self.stream = stream
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        try:
+            images, labels = self.stream._batch(*key)
+        except SposError as error:
+            # The DataLoader would re-raise it with the worker's traceback folded into the
+            # message; the stream raises the exception itself, as the in-process path does.
+            return _WorkerFailure(error)
+        return key, images, labels
+
+
+class _FromPosition(torch.utils.data.Sampler):
+    """The stream's batch keys ``(epoch, position)``, endlessly, from ``start`` on."""
+
+    def __init__(self, steps_per_epoch: int) -> None:
+        self.steps_per_epoch = steps_per_epoch
+        self.start = (0, 0)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, position = self.start
+        while True:
+            yield epoch, position
+            epoch, position = _following(epoch, position, self.steps_per_epoch)
+
+
+def _following(epoch: int, position: int, steps_per_epoch: int) -> tuple[int, int]:
+    position += 1
+    return (epoch + 1, 0) if position == steps_per_epoch else (epoch, position)
+
+
 class BatchStream:
     """A deterministic, resumable, infinite stream of training batches.
 
@@ -108,6 +169,11 @@ class BatchStream:
     with exactly the batches an uninterrupted one would have produced, and ``world_size``
     ranks together see exactly the augmented images one process with the same global batch
     sees (the data side of "checkpoints resume under another world size").
+
+    Because a batch is a pure function of ``(epoch, position)``, a loader's batches can be
+    prepared ahead anywhere: in one background thread (``prefetch``) or in DataLoader worker
+    processes (``worker_processes``), off the training process's GIL. Either way the batches,
+    and resuming, are the same as without.
 
     Args:
         dataset: The training data.
@@ -126,9 +192,22 @@ class BatchStream:
             ``loader(indices, generator=..., start=..., total=...) -> uint8 images`` reads and
             augments a rank's share of dataset indices (e.g. ``load_batch`` with its transform
             bound), under the same contract as ``augment``, which must then be ``None``.
-        prefetch: Prepare the next batch in a background thread while the caller trains on
-            this one (for a ``loader`` that decodes files). Batches stay a function of
-            ``(seed, epoch, position)``, so results and resuming are unchanged.
+        prefetch: Prepare the next ``prefetch_depth`` batches in a background thread while the
+            caller trains on this one (for a ``loader`` that decodes files).
+        prefetch_depth: Batches prepared ahead: queued on the prefetch thread, or kept ready
+            by each worker process (the DataLoader's ``prefetch_factor``).
+        worker_processes: Run the ``loader`` in this many persistent ``DataLoader`` worker
+            processes (0: in this process). Needs a picklable ``loader`` (a
+            :class:`LazyImageFolder` reopens its zip in each worker).
+        pin_memory: Return the loader's batches in page-locked memory, so the caller's
+            ``to(device, non_blocking=True)`` really is asynchronous (no-op without CUDA).
+        device: For in-memory data held on the host (a large dataset that
+            :func:`~spos.data.prepare.place_dataset` pinned) while training on a GPU: each
+            batch is gathered into pinned staging memory (:func:`gather_rows`), copied to
+            ``device`` asynchronously and augmented there. ``None`` or a CPU device: batches
+            stay where the data is.
+        multiprocessing_context: Start method of the worker processes (default: the
+            platform's).
     """
 
     def __init__(
@@ -143,11 +222,18 @@ class BatchStream:
         world_size: int = 1,
         loader: Callable[..., torch.Tensor] | None = None,
         prefetch: bool = False,
+        prefetch_depth: int = 2,
+        worker_processes: int = 0,
+        pin_memory: bool = False,
+        device: torch.device | str | None = None,
+        multiprocessing_context: str | None = None,
     ) -> None:
         if loader is not None and augment is not None:
             raise ValueError("BatchStream takes augment (in-memory data) or loader, not both")
         if loader is None and not isinstance(dataset, ArrayDataset):
             raise ValueError(f"a {type(dataset).__name__} needs a loader to read its images")
+        if worker_processes and loader is None:
+            raise ValueError("worker processes run a loader; in-memory data is indexed in place")
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise DataError(
                 f"bad batch stream setup: batch_size={batch_size}, rank={rank}, world_size={world_size}"
@@ -162,6 +248,11 @@ class BatchStream:
                 f"the training set has {len(dataset)} images, fewer than one batch of "
                 f"{batch_size}; lower the batch size"
             )
+        if prefetch_depth < 1 or worker_processes < 0:
+            raise DataError(
+                f"bad batch stream setup: prefetch_depth={prefetch_depth} (>= 1), "
+                f"worker_processes={worker_processes} (>= 0)"
+            )
         self.dataset = dataset
         self.batch_size = batch_size
         self.seed = seed
@@ -171,12 +262,38 @@ class BatchStream:
         self.world_size = world_size
         self.loader = loader
         self.prefetch = prefetch
+        self.prefetch_depth = prefetch_depth
+        self.worker_processes = worker_processes
+        self.pin_memory = pin_memory and torch.cuda.is_available()
+        self.device = None if device is None else torch.device(device)
+        self.multiprocessing_context = multiprocessing_context
         self._epoch = 0
         self._position = 0
+        self._reset_runtime_state()
+
+    def _reset_runtime_state(self) -> None:
+        # Caches, threads and worker processes: never pickled, never shared with a copy.
         self._permutations: dict[int, torch.Tensor] = {}
         self._permutation_lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
-        self._pending: tuple[tuple[int, int], Any] | None = None
+        self._pending: deque[tuple[tuple[int, int], Future]] = deque()
+        self._workers: torch.utils.data.DataLoader | None = None
+        self._worker_batches: Iterator[Any] | None = None
+        self._worker_key: tuple[int, int] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = {
+            key: value
+            for key, value in self.__dict__.items()
+            if key
+            not in {"_permutations", "_permutation_lock", "_executor", "_pending", "_workers",
+                    "_worker_batches", "_worker_key"}
+        }  # fmt: skip
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset_runtime_state()
 
     @property
     def steps_per_epoch(self) -> int:
@@ -211,15 +328,21 @@ class BatchStream:
         global_batch = self._epoch_permutation(epoch)[start : start + self.batch_size]
         shares = global_batch.tensor_split(self.world_size)
         share = shares[self.rank]
-        labels = self.dataset.labels[share]
         offset = sum(len(s) for s in shares[: self.rank])
         if self.loader is not None:
             generator = make_generator(self.seed, "augment", epoch, position)
             images = self.loader(
                 share.cpu(), generator=generator, start=offset, total=len(global_batch)
             )
-            return images, labels
-        images = self.dataset.images[share]
+            return images, self.dataset.labels[share]
+        images, labels = self.dataset.images, self.dataset.labels
+        if self.device is not None and self.device.type != "cpu" and images.device.type == "cpu":
+            # Host data for a GPU: pinned staging, asynchronous copy, augmentation on the GPU.
+            share = share.cpu()
+            images = gather_rows(images, share, pin=True).to(self.device, non_blocking=True)
+            labels = gather_rows(labels, share, pin=True).to(self.device, non_blocking=True)
+        else:
+            images, labels = images[share], labels[share]
         if self.augment is not None:
             generator = make_generator(self.seed, "augment", epoch, position)
             images = self.augment(
@@ -227,25 +350,103 @@ class BatchStream:
             )
         return images, labels
 
+    def _prepared(self, epoch: int, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = self._batch(epoch, position)
+        if self.pin_memory and images.device.type == "cpu":
+            images, labels = images.pin_memory(), labels.pin_memory()
+        return images, labels
+
     def __iter__(self) -> BatchStream:
         return self
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         key = (self._epoch, self._position)
-        pending, self._pending = self._pending, None
-        if pending is not None and pending[0] == key:
-            images, labels = pending[1].result()
+        if self.worker_processes:
+            images, labels = self._from_workers(key)
         else:
-            images, labels = self._batch(*key)
-        self._position += 1
-        if self._position == self.steps_per_epoch:
-            self._epoch, self._position = self._epoch + 1, 0
-        if self.prefetch:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(1, thread_name_prefix="spos-prefetch")
-            following = (self._epoch, self._position)
-            self._pending = (following, self._executor.submit(self._batch, *following))
+            images, labels = self._in_process(key)
+        self._epoch, self._position = _following(*key, self.steps_per_epoch)
+        if self.prefetch and not self.worker_processes:
+            self._queue_ahead()
         return images, labels
+
+    def _in_process(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._pending and self._pending[0][0] != key:
+            self._drop_pending()
+        if self._pending:
+            return self._pending.popleft()[1].result()
+        return self._prepared(*key)
+
+    def _queue_ahead(self) -> None:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="spos-prefetch")
+        following = self._pending[-1][0] if self._pending else None
+        while len(self._pending) < self.prefetch_depth:
+            following = (
+                (self._epoch, self._position)
+                if following is None
+                else _following(*following, self.steps_per_epoch)
+            )
+            self._pending.append((following, self._executor.submit(self._prepared, *following)))
+
+    def _drop_pending(self) -> None:
+        for _, future in self._pending:
+            future.cancel()
+        self._pending.clear()
+
+    def _from_workers(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._workers is None:
+            self._workers = torch.utils.data.DataLoader(
+                # A detached copy (no threads, caches or workers; what pickling sends to a
+                # spawned worker), so that the stream and its DataLoader form no cycle and
+                # the workers stop as soon as the stream is dropped.
+                _PositionBatches(copy.copy(self)),
+                batch_size=None,
+                sampler=_FromPosition(self.steps_per_epoch),
+                num_workers=self.worker_processes,
+                prefetch_factor=self.prefetch_depth,
+                pin_memory=self.pin_memory,
+                persistent_workers=True,
+                multiprocessing_context=self.multiprocessing_context,
+            )
+        if self._worker_batches is None or self._worker_key != key:
+            # (Re)start the key sequence here; persistent workers finish what they had queued.
+            self._workers.sampler.start = key
+            self._worker_batches = iter(self._workers)
+        self._worker_key = None  # until this batch has arrived intact
+        item = next(self._worker_batches)
+        if isinstance(item, _WorkerFailure):
+            raise item.error
+        got, images, labels = item
+        if tuple(got) != key:
+            raise RuntimeError(f"worker batch {tuple(got)} arrived where {key} was expected")
+        self._worker_key = _following(*key, self.steps_per_epoch)
+        return images, labels
+
+    def close(self) -> None:
+        """Stop the prefetch thread and the worker processes (a later batch restarts them)."""
+        self._drop_pending()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+        workers, self._workers, self._worker_batches, self._worker_key = (
+            self._workers, None, None, None
+        )
+        if workers is not None and workers._iterator is not None:
+            workers._iterator._shutdown_workers()  # joins them now, not at garbage collection
+            workers._iterator = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001  (interpreter shutdown: nothing left to release)
+            pass
+
+    def __enter__(self) -> BatchStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def state_dict(self) -> dict[str, int]:
         """Where the stream is: ``{"epoch": ..., "position": ...}`` of the next batch."""
