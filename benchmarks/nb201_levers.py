@@ -9,8 +9,9 @@ tau, rho, P@5%, P@10%, the pick of the supernet score alone and of the pre-decla
 estimator (supernet + jacob_cov + naswot, equal weights, percentile pools as in
 ``estimators.md``), the params-only and FLOPs-only picks, and the constrained scenario
 (NB201 FLOPs at most the median of the ranked cells): the pick's true accuracy and its
-percentile among feasible cells. Evolution's and random search's picks come from each run's
-JSON (where the run searched).
+percentile among feasible cells; and the op composition of each estimator's top 50 cells
+against the truth's top 50. Evolution's and random search's picks come from each run's JSON
+(where the run searched).
 
     OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/nb201_levers.py \
         --baseline uniform_20k_s2_c16n1_at15k --variants calr2_15of20k_s2_c16n1,gradnorm_15of20k_s2_c16n1
@@ -98,9 +99,18 @@ def main() -> int:
         }
 
     truth = base["truth"]
+    ops = sorted({str(v) for a in base["archs"] for _, v in a.values})
+
+    def composition(scores: np.ndarray, mask: np.ndarray, top: int = 50) -> dict[str, float]:
+        """Mean number of edges per cell with each op among the ``top`` cells by ``scores``."""
+        index = np.flatnonzero(mask)[np.argsort(-est._floor(scores[mask]), kind="stable")[:top]]
+        return {op: round(float(np.mean([sum(str(v) == op for _, v in base["archs"][i].values) for i in index])), 2) for op in ops}
+
+    compositions = [{"run": "-", "estimator": "truth", **composition(truth, np.ones(len(keys), bool))}]
     rows: list[dict[str, Any]] = []
     for label, scores in (("params only", signal["params"]), ("flops only", signal["flops"])):
         rows.append({"run": "-", "estimator": label, **est.evaluate(truth[have], scores[have], feasible[have]), "cells": int(have.sum())})
+        compositions.append({"run": "-", "estimator": label, **composition(scores, have)})
     for name in [args.baseline, *args.variants.split(",")]:
         run = base if name == args.baseline else _load(est, space, name)
         order = {a.key: i for i, a in enumerate(run["archs"])}
@@ -109,6 +119,7 @@ def main() -> int:
         scores = np.array([run["supernet"][order[k]] for k in keys])
         for label, values, mask in (("supernet", scores, np.ones(len(keys), bool)), ("fixed: supernet + jacob_cov + naswot", fixed(scores), have)):
             row = {"run": name, "estimator": label, **est.evaluate(truth[mask], values[mask], feasible[mask]), "cells": int(mask.sum())}
+            compositions.append({"run": name, "estimator": label, **composition(values, mask)})
             if name != args.baseline and label == "supernet":
                 row["delta_tau_vs_baseline"] = row["kendall_tau"] - rows[2]["kendall_tau"]
                 row["delta_tau_bootstrap"] = est.bootstrap_delta_tau(truth, scores, base["supernet"], seed=0)
@@ -119,7 +130,7 @@ def main() -> int:
 
     result = {"baseline": args.baseline, "variants": args.variants.split(","), "cells": len(keys),
               "feasible_cells": int(feasible.sum()), "best_true_acc": float(truth.max()),
-              "best_feasible_true_acc": float(truth[feasible].max()), "rows": rows,
+              "best_feasible_true_acc": float(truth[feasible].max()), "rows": rows, "top50_composition": compositions,
               "command": " ".join(["OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/nb201_levers.py", *sys.argv[1:]])}  # fmt: skip
     (OUT / "levers.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
     f = est._f
@@ -147,6 +158,14 @@ def main() -> int:
             f"{r['constrained_pick_true_acc']:.2f} ({r['constrained_pick_percentile']:.1f}) | "
             f"{f(r.get('evolution_pick_true_acc'), 2)} | {f(r.get('random_pick_true_acc'), 2)} |"
         )
+    lines += [
+        "",
+        "Op composition of the top 50 cells (mean edges per cell, of 6) by each estimator against the truth's top 50:",
+        "",
+        "| run | estimator | " + " | ".join(ops) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in ops) + " |",
+    ]
+    lines += [f"| {c['run']} | {c['estimator']} | " + " | ".join(f"{c[op]:.2f}" for op in ops) + " |" for c in compositions]
     (OUT / "levers.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
