@@ -61,8 +61,10 @@ def test_the_table_covers_every_option_and_records_how_it_was_measured(space, ta
     for label, option in iter_options(space):
         entry = table.entry(label, option)
         assert math.isfinite(entry) and entry > 0
-    assert table.fixed_ms > 0
     meta = table.metadata
+    # The stem and head timed alone always cost something; the end-to-end residual may cancel
+    # them when a loaded machine slows the per-layer timings more than the whole network's.
+    assert meta["fixed_parts_ms"] > 0 and table.fixed_ms >= 0
     assert meta["batch_size"] == 1 and meta["repeats"] == 3 and meta["threads"] == THREADS
     assert meta["device"] == "cpu" and meta["device_name"]
     assert meta["torch_version"] == torch.__version__
