@@ -252,7 +252,9 @@ def _variant_label(result: dict) -> str:
 def write_table() -> Path:
     rows = []
     for path in sorted((RESULTS / "nb201").glob("*.json")):
-        rows.append(json.loads(path.read_text()))
+        record = json.loads(path.read_text())
+        if isinstance(record, dict) and {"name", "supernet", "rank"} <= set(record):  # a variant, not another benchmark's file
+            rows.append(record)
     rows.sort(key=lambda r: (r["name"] != "main", r["name"]))
     lines = [
         "# NAS-Bench-201 / CIFAR-10: supernet ranking and search against ground truth",
