@@ -229,7 +229,9 @@ def measure_overhead(
 ) -> dict[str, Any]:
     """Scoring versus pure forwards of the same images, interleaved per architecture."""
     supernet = scorer.supernet
-    recal, val = scorer.recalibrate_batches, scorer.val_batches
+    # The scorer holds uint8 images and normalises each batch as it reads it (that cost is part
+    # of its time); the pure forwards get the same images already normalised, as lists.
+    recal, val = list(scorer.recalibrate_batches), list(scorer.val_batches)
     # Warm-up: allocator, oneDNN primitives for every shape on these paths.
     for arch in archs:
         scorer.score(arch)
