@@ -187,7 +187,7 @@ class PathSampler(abc.ABC):
     #: Whether the training loop should report each step's gradient norm (:meth:`observe`).
     uses_feedback = False
 
-    def observe(self, arch: Arch, grad_norm: float) -> None:
+    def observe(self, arch: Arch, grad_norm: float) -> None:  # noqa: B027 - a no-op by default, not abstract
         """Feedback after the step on ``arch``: the path's (pre-clip) gradient norm. Samplers
         that set :attr:`uses_feedback` use it; the default ignores it."""
 
@@ -385,7 +385,7 @@ class GradNormSampler(PathSampler):
     def _draw(self) -> Arch:
         return self._uniform()
 
-    def observe(self, arch: Arch, grad_norm: float) -> None:
+    def observe(self, arch: Arch, grad_norm: float) -> None:  # noqa: B027 - a no-op by default, not abstract
         if not math.isfinite(grad_norm):  # the divergence check stops training; keep the means
             return
         for label, value in arch.items():

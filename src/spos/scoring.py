@@ -30,10 +30,10 @@ import torch
 from spos import data as spos_data
 from spos.arch import Arch
 from spos.calibrate import recalibrate_bn
+from spos.data.prepare import train_stream
 from spos.errors import SposError
 from spos.io import read_jsonl
 from spos.space import SearchSpace, seed_from
-from spos.data.prepare import train_stream
 from spos.train import evaluate as evaluate_model
 from spos.train import finetuned_path
 

@@ -246,8 +246,8 @@ def test_complexity_aware_rate_and_gradnorm_sampler_train_and_resume_exactly(tmp
     runtime = Runtime.from_env("cpu", threads=2)
     straight = train_supernet.run(load_config(SMOKE, [*OVERRIDES, *extra, "supernet.steps=40"]), tmp_path / "a", runtime=runtime)
     schedule = [train_supernet.learning_rate(s, total=40, peak=seen[0], warmup=0, schedule=load_config(SMOKE).supernet.optim.schedule) for s in range(40)]
-    assert all(lr <= base + 1e-12 for lr, base in zip(seen, schedule))
-    assert sum(lr < base * 0.99 for lr, base in zip(seen[1:], schedule[1:])) > 10  # smaller paths: lower rates
+    assert all(lr <= base + 1e-12 for lr, base in zip(seen, schedule, strict=True))
+    assert sum(lr < base * 0.99 for lr, base in zip(seen[1:], schedule[1:], strict=True)) > 10  # smaller paths: lower rates
     ckpt = load_checkpoint_state(tmp_path / "a" / "supernet.ckpt")
     assert any(ckpt["sampler"]["norms"].values())  # the sampler was fed gradient norms
     half = load_config(SMOKE, [*OVERRIDES, *extra, "supernet.steps=20", "supernet.schedule_steps=40"])
