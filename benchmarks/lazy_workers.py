@@ -37,27 +37,16 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
+from lazy_decode import (
+    write_tree,  # the same generated ImageNet-like JPEGs (benchmarks/ is on sys.path)
+)
 
 from spos import data
 
-CIFAR_ZIP = Path("/work/shared/data/cifar10-jpeg/cifar10_jpeg.zip")
+CIFAR_ZIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg" / "cifar10_jpeg.zip"
 RESULTS = Path(__file__).resolve().parent / "results"
 
-
-def write_tree(root: Path, count: int) -> None:
-    """ImageNet-like JPEGs: random sizes around 500x375, smooth content plus noise."""
-    rng = np.random.default_rng(0)
-    folder = root / "train" / "n00000000"
-    folder.mkdir(parents=True)
-    for i in range(count):
-        width, height = int(rng.integers(400, 600)), int(rng.integers(300, 450))
-        y, x = np.mgrid[0:height, 0:width] / 100.0
-        smooth = np.stack([127 + 90 * np.sin(x * (c + 1) + y * (2 - c) + i) for c in range(3)], -1)
-        pixels = np.clip(smooth + rng.normal(0, 12, smooth.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(folder / f"{i}.JPEG", quality=90)
 
 
 def run_once(

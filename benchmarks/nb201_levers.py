@@ -25,7 +25,6 @@ missing there are left out of the estimator rows, and their number is printed). 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -36,14 +35,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "nb201"
 FIXED = {"supernet": 1.0, "jacob_cov": 1.0, "naswot": 1.0}
-
-
-def _estimators() -> Any:
-    spec = importlib.util.spec_from_file_location("nb201_estimators", Path(__file__).with_name("nb201_estimators.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _load(est: Any, space: Any, name: str) -> dict[str, Any]:
@@ -65,10 +56,10 @@ def main() -> int:
     parser.add_argument("--variants", required=True, help="comma-separated run names")
     args = parser.parse_args()
 
+    import nb201_estimators as est  # benchmarks/ is on sys.path when this script runs
+
     from spos.estimator import PercentileEstimator
     from spos.groundtruth import GroundTruth
-
-    est = _estimators()
     space = est._space()
     base = _load(est, space, args.baseline)
     keys = [a.key for a in base["archs"]]
