@@ -517,6 +517,17 @@ class SearchConfig:
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
     """Fitness of a candidate: the paper's supernet score (default) or a rank aggregation of
     the supernet score, zero-cost proxies and cost metrics."""
+    score_checkpoints: list[int] = field(default_factory=list)
+    """Checkpoint score ensembling (Ning et al., NeurIPS 2021): steps of kept supernet
+    checkpoints (``supernet_step<N>.ckpt`` beside the scored supernet, written for
+    ``supernet.keep_checkpoints``) whose scores are averaged with the final supernet's. A
+    candidate's supernet score becomes the mean of its scores on each checkpoint, every one
+    after its own BN recalibration on the same images and evaluated on the same validation
+    images; ``history.jsonl`` records each checkpoint's score (``supernet_at``). Costs K+1 times
+    the scoring time (and K+1 supernets in device memory) for K steps. The final re-scoring
+    (``final_top_k``) ensembles the same checkpoints; fine-tuning finalists
+    (``final_finetune_steps``) does not combine with it. Empty (default): the paper's score
+    of the final supernet alone. Also read by ``spos rank``."""
 
     def validate(self, prefix: str) -> None:
         for name in ("population_size", "generations", "top_k", "recalibrate_images", "batch_size"):
@@ -544,6 +555,23 @@ class SearchConfig:
             "latency" not in self.estimator.weights or self.latency_table is not None,
             f"{prefix}.estimator.weights",
             f"uses latency, which needs {prefix}.latency_table (from `spos latency-table`)",
+        )
+        _check(
+            len(set(self.score_checkpoints)) == len(self.score_checkpoints),
+            f"{prefix}.score_checkpoints",
+            f"lists a step twice ({self.score_checkpoints}); list each kept checkpoint once",
+        )
+        _check(
+            not self.score_checkpoints or self.final_finetune_steps == 0,
+            f"{prefix}.score_checkpoints",
+            f"does not combine with {prefix}.final_finetune_steps (fine-tuning one checkpoint's path "
+            "would not re-score the ensemble); set one of them to its default",
+        )
+        _check(
+            not self.score_checkpoints or "supernet" in self.estimator.weights,
+            f"{prefix}.score_checkpoints",
+            f"averages the supernet score, which {prefix}.estimator.weights does not use; add "
+            "supernet to the weights or leave score_checkpoints empty",
         )
         _check(0 <= self.mutation_prob <= 1, f"{prefix}.mutation_prob", "must be in [0, 1]")
         for i, c in enumerate(self.constraints):
@@ -612,6 +640,20 @@ class RunConfig:
         _check(self.threads is None or self.threads >= 1, "threads", "must be >= 1 or null")
         for name in ("data", "supernet", "search", "retrain", "runtime", "ground_truth"):
             getattr(self, name).validate(name)
+        unkept = [step for step in self.search.score_checkpoints if step not in self.supernet.keep_checkpoints]
+        _check(
+            not unkept,
+            "search.score_checkpoints",
+            f"lists step(s) {unkept} that are not in supernet.keep_checkpoints "
+            f"({self.supernet.keep_checkpoints}): only checkpoints kept by supernet training can be "
+            "scored; list them in supernet.keep_checkpoints (and train the supernet with it), or "
+            "remove them here",
+        )
+        _check(
+            self.supernet.steps not in self.search.score_checkpoints,
+            "search.score_checkpoints",
+            f"lists the final step ({self.supernet.steps}), whose supernet is always scored; remove it",
+        )
         return self
 
 

@@ -190,3 +190,34 @@ def test_final_rescoring_is_refused_with_a_combined_estimator():
     with pytest.raises(ConfigError, match="search.final_top_k"):
         load_config(None, ["search.final_top_k=5", "search.estimator.weights={supernet: 1, flops: -1}"])
     assert load_config(None, ["search.final_top_k=5"]).search.final_top_k == 5
+
+
+def test_checkpoint_score_ensembling_is_off_by_default_and_takes_kept_steps():
+    assert load_config(None).search.score_checkpoints == []
+    config = load_config(None, ["supernet.keep_checkpoints=[1000, 2000]", "search.score_checkpoints=[2000, 1000]"])
+    assert config.search.score_checkpoints == [2000, 1000]
+
+
+@pytest.mark.parametrize(
+    "overrides, needles",
+    [
+        # A step that supernet training does not keep: both keys and the fix are named.
+        (["supernet.keep_checkpoints=[1000]", "search.score_checkpoints=[1500]"],
+         ["'search.score_checkpoints'", "[1500]", "supernet.keep_checkpoints", "train the supernet"]),
+        (["search.score_checkpoints=[1000]"], ["'search.score_checkpoints'", "supernet.keep_checkpoints ([])"]),
+        # The final supernet is always scored: listing its step would count it twice.
+        (["supernet.steps=3000", "supernet.keep_checkpoints=[3000]", "search.score_checkpoints=[3000]"],
+         ["'search.score_checkpoints'", "final step (3000)", "always scored"]),
+        (["supernet.keep_checkpoints=[1000]", "search.score_checkpoints=[1000, 1000]"],
+         ["'search.score_checkpoints'", "twice"]),
+        (["supernet.keep_checkpoints=[1000]", "search.score_checkpoints=[1000]", "search.final_top_k=3",
+          "search.final_finetune_steps=5"], ["'search.score_checkpoints'", "search.final_finetune_steps"]),
+        (["supernet.keep_checkpoints=[1000]", "search.score_checkpoints=[1000]",
+          "search.estimator.weights={naswot: 1, flops: -1}"], ["'search.score_checkpoints'", "search.estimator.weights"]),
+    ],
+)  # fmt: skip
+def test_bad_score_checkpoints_name_the_keys_and_the_fix(overrides, needles):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, overrides)
+    for needle in needles:
+        assert needle in str(error.value)
