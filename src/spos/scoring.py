@@ -10,15 +10,19 @@ BN buffers are restored afterwards, so scoring never changes the supernet.
 
 This module owns the whole evaluator: :class:`ArchScorer` (one architecture),
 :func:`build_scorer` (its fixed batches), :class:`ScoringSession` (a trained supernet with the
-``search`` section's budgets), :func:`score_sharded` (many architectures split across ranks)
-and :class:`CachedScorer` (each architecture scored once, in memory or in a resumable
-JSON-lines file). Search, rank and the supernet stage's panel all score through it.
+``search`` section's budgets), :func:`score_sharded` (many architectures split across ranks),
+:class:`CachedScorer` (each architecture scored once, in memory or in a resumable
+JSON-lines file) and :class:`CheckpointEnsemble` (a score averaged over several checkpoints of
+one supernet, ``search.score_checkpoints``: Ning et al., "Evaluating Efficient Performance
+Estimators of Neural Architectures", NeurIPS 2021). Search, rank and the supernet stage's
+panel all score through it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -46,6 +50,8 @@ if TYPE_CHECKING:
 __all__ = [
     "ArchScorer",
     "CachedScorer",
+    "CheckpointEnsemble",
+    "EnsembleMember",
     "ScoringSession",
     "build_scorer",
     "score_sharded",
@@ -212,15 +218,28 @@ def build_scorer(
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class EnsembleMember:
+    """A kept checkpoint of the scored supernet (``search.score_checkpoints``), ready to score:
+    its training step, its supernet (eval mode, on the device) and the hash of its weights."""
+
+    step: int
+    supernet: Supernet
+    fingerprint: str
+
+
 @dataclasses.dataclass
 class ScoringSession:
     """A trained supernet made ready to score paths as search does.
 
-    The supernet is in eval mode on the device and ``fingerprint`` is the hash of its weights
-    (``spos.stages.common.open_for_scoring`` opens one from a checkpoint). ``scorer`` uses the
-    ``search`` section's recalibration/validation images and score metric; :meth:`scorer_with`
-    builds another one on the same supernet and data with other budgets (the final re-scoring
-    of search's top candidates).
+    The supernet is in eval mode on the device, ``fingerprint`` is the hash of its weights and
+    ``step`` its training step (``spos.stages.common.open_for_scoring`` opens one from a
+    checkpoint). ``scorer`` uses the ``search`` section's recalibration/validation images and
+    score metric; :meth:`scorer_with` builds another one on the same supernet and data with
+    other budgets (the final re-scoring of search's top candidates). ``ensemble`` holds the
+    kept checkpoints of ``search.score_checkpoints`` (empty: the paper's single-checkpoint
+    score); :meth:`scores` is the cached supernet score search and rank use, averaged over the
+    supernet and them.
     """
 
     space: SearchSpace
@@ -229,6 +248,63 @@ class ScoringSession:
     config: RunConfig
     data: PreparedData
     runtime: Runtime
+    step: int = 0
+    ensemble: list[EnsembleMember] = dataclasses.field(default_factory=list)
+
+    @property
+    def score_steps(self) -> list[int]:
+        """The training steps of every checkpoint a score averages (the supernet's alone
+        without an ensemble), ascending."""
+        return sorted([self.step, *(member.step for member in self.ensemble)])
+
+    @property
+    def score_fingerprint(self) -> str:
+        """What a supernet score depends on among weights: ``fingerprint`` without an ensemble,
+        else a hash of every checkpoint's step and weight hash. Search states and estimator
+        pools are keyed by it, so a state searched with another checkpoint set is not resumed."""
+        if not self.ensemble:
+            return self.fingerprint
+        pairs = sorted([(self.step, self.fingerprint), *((m.step, m.fingerprint) for m in self.ensemble)])
+        return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()
+
+    def scores(
+        self,
+        scorer: ArchScorer | None = None,
+        *,
+        store: str | os.PathLike[str] | None = None,
+        tag: Mapping[str, Any] | None = None,
+    ) -> CheckpointEnsemble:
+        """The cached supernet score of architectures: ``scorer``'s on the supernet (default
+        :attr:`scorer`), averaged with the same images' scores on every ``ensemble`` checkpoint.
+
+        Each checkpoint's scores are one :class:`CachedScorer`, split across the session's ranks,
+        with ``store`` (None: memory only) and the record fields ``{"supernet": <that
+        checkpoint's weight hash>, **tag}``: a stored score is reused only for the weights it
+        was computed on, whichever ensemble it was part of.
+        """
+        scorer = self.scorer if scorer is None else scorer
+        if scorer.supernet is not self.supernet:
+            raise ValueError("scores() takes a scorer of this session's supernet (scorer_with)")
+        tag = dict(tag or {})
+        if "supernet" in tag:
+            raise ValueError("the supernet field of a score record is each checkpoint's weight hash")
+        scorers = {self.step: (scorer, self.fingerprint)}
+        for member in self.ensemble:
+            on_member = ArchScorer(
+                member.supernet,
+                recalibrate_batches=scorer.recalibrate_batches,
+                val_batches=scorer.val_batches,
+                metric=scorer.metric,
+            )
+            scorers[member.step] = (on_member, member.fingerprint)
+        return CheckpointEnsemble(
+            {
+                str(step): CachedScorer(
+                    on_step.score, store=store, tag={"supernet": fingerprint, **tag}, runtime=self.runtime
+                )
+                for step, (on_step, fingerprint) in sorted(scorers.items())
+            }
+        )
 
     @functools.cached_property
     def scorer(self) -> ArchScorer:
@@ -368,6 +444,10 @@ class CachedScorer:
         """The architectures of ``archs`` without a cached score (in order)."""
         return [arch for arch in archs if self.key(arch) not in self.scores]
 
+    def pending(self, archs: Iterable[Arch]) -> int:
+        """How many scores :meth:`score_many` of ``archs`` would compute (for progress bars)."""
+        return len(self.missing(archs))
+
     def score_many(
         self, archs: Sequence[Arch], *, on_score: Callable[[Arch, float], None] | None = None
     ) -> list[float]:
@@ -394,3 +474,56 @@ class CachedScorer:
     def score(self, arch: Arch) -> float:
         """The score of one architecture (computed at most once)."""
         return self.score_many([arch])[0]
+
+
+class CheckpointEnsemble:
+    """Checkpoint score ensembling: the mean of an architecture's scores on several checkpoints
+    of one supernet (Ning et al., NeurIPS 2021, found it ranks better than the last checkpoint).
+
+    Each checkpoint's scores are a :class:`CachedScorer` (scored once, optionally resumable).
+    A score is the mean of the checkpoints' scores summed in a fixed order, so it does not
+    depend on the order architectures are scored in; with one checkpoint it is that
+    checkpoint's score unchanged (the paper's).
+
+    Args:
+        members: ``{label: cache}`` per checkpoint (labels: training steps, ascending).
+    """
+
+    def __init__(self, members: Mapping[str, CachedScorer]) -> None:
+        if not members:
+            raise ValueError("a checkpoint ensemble needs at least one checkpoint")
+        self.members = dict(members)
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.members)
+
+    def missing(self, archs: Iterable[Arch]) -> list[Arch]:
+        """The architectures of ``archs`` that some checkpoint has not scored yet (in order)."""
+        archs = list(archs)
+        lacking = {id(arch) for cache in self.members.values() for arch in cache.missing(archs)}
+        return [arch for arch in archs if id(arch) in lacking]
+
+    def pending(self, archs: Iterable[Arch]) -> int:
+        """How many checkpoint scores :meth:`score_many` of ``archs`` would compute."""
+        archs = list(archs)
+        return sum(cache.pending(archs) for cache in self.members.values())
+
+    def score_many(
+        self, archs: Sequence[Arch], *, on_score: Callable[[Arch, float], None] | None = None
+    ) -> list[float]:
+        """The ensemble scores of ``archs`` (in order), computing only missing checkpoint scores.
+
+        ``on_score(arch, score)`` is called for each newly computed checkpoint score (one
+        checkpoint's, not the mean), on the rank that computed it.
+        """
+        columns = [cache.score_many(archs, on_score=on_score) for cache in self.members.values()]
+        return [sum(values) / len(values) for values in zip(*columns, strict=True)]
+
+    def score(self, arch: Arch) -> float:
+        """The ensemble score of one architecture (each checkpoint's computed at most once)."""
+        return self.score_many([arch])[0]
+
+    def parts(self, arch: Arch) -> dict[str, float]:
+        """``{label: score}`` of ``arch`` on each checkpoint (computed if missing)."""
+        return {label: cache.score(arch) for label, cache in self.members.items()}

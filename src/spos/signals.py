@@ -6,8 +6,9 @@ fitness, :mod:`spos.scoring`), zero-cost proxies computed at initialisation on t
 architecture's own network (:mod:`spos.proxies`) and cost metrics from the run's tables
 (:mod:`spos.cost`, :mod:`spos.latency`). :class:`SignalSource` computes any mix of them, each
 value at most once, and with a ``store`` keeps them in a resumable JSON-lines file (one
-:class:`~spos.scoring.CachedScorer` per signal, tagged with what the value depends on), so a
-killed search or ranking resumes with bit-identical values. :func:`reference_pool` draws the
+:class:`~spos.scoring.CachedScorer` per signal, tagged with what the value depends on; the
+supernet score comes as the caller's cache, one per checkpoint of ``search.score_checkpoints``),
+so a killed search or ranking resumes with bit-identical values. :func:`reference_pool` draws the
 fixed pool of architectures that :class:`spos.estimator.PercentileEstimator` ranks against,
 and :func:`proxy_batch` the seeded batch of training images proxies are computed on.
 """
@@ -18,7 +19,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -26,7 +27,7 @@ from spos.arch import Arch
 from spos.errors import ConfigError
 from spos.evolution import RandomSearch
 from spos.proxies import compute_proxies, get_proxy, list_proxies
-from spos.scoring import CachedScorer
+from spos.scoring import CachedScorer, CheckpointEnsemble
 from spos.space import SearchSpace, make_rng
 
 if TYPE_CHECKING:
@@ -82,8 +83,8 @@ class SignalSource:
             registered network proxy (:func:`spos.proxies.list_proxies`).
         space: The search space.
         costs_of: ``arch -> {metric: value}`` from the run's cost tables.
-        supernet_score: Scores one architecture with the supernet (needed for ``"supernet"``).
-        supernet_tag: What a supernet score depends on (weight hash, scoring settings).
+        supernet: The supernet scores (needed for ``"supernet"``): a cache built by the caller,
+            with its own store and tag (:meth:`spos.scoring.ScoringSession.scores`).
         images, labels: The proxy batch (:func:`proxy_batch`; needed for network proxies).
         seed: Initialisation seed of the proxies' networks.
         store: JSON-lines file keeping every computed value (None: memory only).
@@ -99,8 +100,7 @@ class SignalSource:
         *,
         space: SearchSpace,
         costs_of: Callable[[Arch], Mapping[str, float]],
-        supernet_score: Callable[[Arch], float] | None = None,
-        supernet_tag: Mapping[str, Any] | None = None,
+        supernet: CheckpointEnsemble | CachedScorer | None = None,
         images: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         seed: int = 0,
@@ -109,17 +109,16 @@ class SignalSource:
     ) -> None:
         self.names = list(names)
         self.costs_of = costs_of
-        self._cached: dict[str, CachedScorer] = {}
+        self._cached: dict[str, CachedScorer | CheckpointEnsemble] = {}
         self._cost_names: list[str] = []
         probe = space.sample(make_rng(seed, "signal-probe"))
         cost_metrics = set(costs_of(probe))
         network_proxies = [n for n in list_proxies() if get_proxy(n).kind == "network"]
         for name in self.names:
             if name == SUPERNET:
-                if supernet_score is None:
-                    raise ValueError("the supernet signal needs supernet_score")
-                tag = {"signal": SUPERNET, **(supernet_tag or {})}
-                self._cached[name] = CachedScorer(supernet_score, store=store, tag=tag, runtime=runtime)
+                if supernet is None:
+                    raise ValueError("the supernet signal needs the supernet scores")
+                self._cached[name] = supernet
             elif name in cost_metrics:
                 self._cost_names.append(name)
             elif name in network_proxies:
@@ -173,4 +172,4 @@ class SignalSource:
     def missing(self, archs: Sequence[Arch], *, names: Sequence[str] | None = None) -> int:
         """How many values ``values(archs, names=names)`` would compute (for progress bars)."""
         wanted = self.names if names is None else names
-        return sum(len(cache.missing(archs)) for name, cache in self._cached.items() if name in wanted)
+        return sum(cache.pending(archs) for name, cache in self._cached.items() if name in wanted)

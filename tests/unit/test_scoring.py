@@ -1,9 +1,12 @@
-"""The score cache of search (in memory) and ``spos rank`` (a resumable JSON-lines file)."""
+"""The score cache of search (in memory) and ``spos rank`` (a resumable JSON-lines file), and
+the checkpoint ensemble built on it."""
 
 import json
 
+import pytest
+
 from spos.dist import Runtime
-from spos.scoring import CachedScorer, score_sharded
+from spos.scoring import CachedScorer, CheckpointEnsemble, score_sharded
 from spos.space import SearchSpace, make_rng
 
 from .test_space import TOY
@@ -105,3 +108,50 @@ def test_scorer_holds_uint8_images_on_the_device_and_scores_as_float_batches_did
     assert [scorer.score(arch) for arch in archs] == [reference.score(arch) for arch in archs]
     scorer.metric = reference.metric = "loss"
     assert [scorer.score(arch) for arch in archs] == [reference.score(arch) for arch in archs]
+
+
+def _constant(value: float, calls: list):
+    def score(arch) -> float:
+        calls.append(arch.key)
+        return value + len(arch.key) / 100  # differs per architecture
+
+    return score
+
+
+def test_checkpoint_ensemble_is_the_mean_of_its_checkpoints_in_any_order():
+    archs = _archs(4)
+    calls: list = []
+    members = {"10": CachedScorer(_constant(1.0, calls)), "20": CachedScorer(_constant(4.0, calls))}
+    ensemble = CheckpointEnsemble(members)
+    backwards = ensemble.score_many(archs[::-1])[::-1]
+    for arch, score in zip(archs, backwards, strict=True):
+        assert score == (1.0 + 4.0) / 2 + len(arch.key) / 100
+        assert ensemble.parts(arch) == {"10": 1.0 + len(arch.key) / 100, "20": 4.0 + len(arch.key) / 100}
+    assert ensemble.score_many(archs) == backwards and len(calls) == 2 * 4  # each checkpoint once
+    single = CheckpointEnsemble({"30": CachedScorer(_constant(2.5, []))})
+    assert single.score(archs[0]) == 2.5 + len(archs[0].key) / 100  # one checkpoint: its score as is
+
+
+def test_a_changed_checkpoint_set_reuses_only_the_stored_scores_of_the_same_weights(tmp_path):
+    """The store keys each checkpoint's scores by its weight hash: an ensemble of other
+    checkpoints recomputes theirs and never takes the old ensemble's numbers."""
+    store = tmp_path / "signals.jsonl"
+    archs = _archs(3)
+
+    def ensemble(weights: dict, calls: list) -> CheckpointEnsemble:
+        return CheckpointEnsemble(
+            {label: CachedScorer(_constant(value, calls), store=store, tag={"supernet": f"hash{label}"})
+             for label, value in weights.items()}
+        )  # fmt: skip
+
+    first_calls: list = []
+    first = ensemble({"10": 1.0, "30": 3.0}, first_calls)
+    first_scores = first.score_many(archs)
+    assert len(first_calls) == 6 and first.pending(archs) == 0
+    other_calls: list = []
+    other = ensemble({"20": 2.0, "30": 3.0}, other_calls)
+    assert other.missing(archs) == archs and other.pending(archs) == 3  # the step-20 scores only
+    other_scores = other.score_many(archs)
+    assert len(other_calls) == 3
+    assert [b - a for a, b in zip(first_scores, other_scores, strict=True)] == pytest.approx([0.5] * 3)
+    assert len(store.read_text().splitlines()) == 9

@@ -17,17 +17,17 @@ from typing import Any, Protocol
 
 import torch
 
-from spos.checkpoint import check_space, state_dict_sha256
+from spos.checkpoint import check_space, load_checkpoint, state_dict_sha256
 from spos.config import RunConfig
 from spos.cost import CostModel
 from spos.data.prepare import PreparedData, prepare_data
 from spos.dist import Runtime
-from spos.errors import ConfigError
+from spos.errors import CheckpointError, ConfigError
 from spos.io import write_json
 from spos.rundir import RunDir
-from spos.scoring import ScoringSession
+from spos.scoring import EnsembleMember, ScoringSession
 from spos.space import SearchSpace, create_space
-from spos.supernet import build_supernet
+from spos.supernet import Supernet, build_supernet
 
 __all__ = [
     "Progress",
@@ -115,10 +115,29 @@ def open_for_scoring(
 
     The space is checked against the checkpoint, the supernet is in eval mode on the device,
     ``fingerprint`` is the hash of its weights, and ``scorer`` uses the ``search`` section's
-    recalibration/validation images and score metric.
+    recalibration/validation images and score metric. The kept checkpoints of
+    ``search.score_checkpoints`` (``supernet_step<N>.ckpt`` beside ``checkpoint_path``) are
+    opened the same way into the session's ``ensemble``, each checked to be of the same space
+    and step.
+
+    Raises:
+        ConfigError: A listed step's checkpoint file is missing, or is the scored one's step.
+        CheckpointError: A checkpoint is unreadable, of another space, or of another step.
     """
+    step = int(payload.get("step", 0))
+    # Missing files are found before the data is prepared: a user error should come at once.
+    kept_paths = {kept: _kept_path(checkpoint_path, kept, final_step=step) for kept in sorted(config.search.score_checkpoints)}
     data = prepare_data(config.data, seed=config.seed)
     space = check_space(payload, build_space(config, data), path=checkpoint_path)
+    supernet, fingerprint = _supernet_for_scoring(payload, space, config, runtime)
+    ensemble = [_open_kept(path, kept, space=space, config=config, runtime=runtime) for kept, path in kept_paths.items()]
+    return ScoringSession(space, supernet, fingerprint, config, data, runtime, step=step, ensemble=ensemble)
+
+
+def _supernet_for_scoring(
+    payload: dict[str, Any], space: SearchSpace, config: RunConfig, runtime: Runtime
+) -> tuple[Supernet, str]:
+    """The checkpoint's supernet in eval mode on the device, and the hash of its weights."""
     supernet = build_supernet(space)
     supernet.load_state_dict(payload["state"]["model"])
     fingerprint = state_dict_sha256(supernet.state_dict())
@@ -126,7 +145,38 @@ def open_for_scoring(
     if config.runtime.channels_last:
         supernet = supernet.to(memory_format=torch.channels_last)
     supernet.eval()
-    return ScoringSession(space, supernet, fingerprint, config, data, runtime)
+    return supernet, fingerprint
+
+
+def _kept_path(checkpoint_path: Path, step: int, *, final_step: int) -> Path:
+    """The kept checkpoint of ``step`` beside ``checkpoint_path`` (``search.score_checkpoints``)."""
+    if step == final_step:
+        raise ConfigError(
+            f"config field 'search.score_checkpoints' lists step {step}, the step of the scored "
+            f"supernet {checkpoint_path} itself, which is always scored; remove {step} from it"
+        )
+    path = RunDir(Path(checkpoint_path).parent).supernet_step_ckpt(step)
+    if not path.is_file():
+        raise ConfigError(
+            f"config field 'search.score_checkpoints' lists step {step}, but its checkpoint {path} "
+            f"does not exist; supernet training keeps it when supernet.keep_checkpoints lists {step} "
+            "(train the supernet with it: a finished training does not go back to write it), or "
+            f"remove {step} from search.score_checkpoints"
+        )
+    return path
+
+
+def _open_kept(path: Path, step: int, *, space: SearchSpace, config: RunConfig, runtime: Runtime) -> EnsembleMember:
+    """The kept checkpoint ``path`` of ``step``, checked to be of ``space`` and that step."""
+    kept = load_checkpoint(path, kind="supernet", map_location="cpu")
+    check_space(kept, space, path=path)
+    if kept.get("step") != step:
+        raise CheckpointError(
+            f"checkpoint {path} holds the supernet of step {kept.get('step')}, not {step}; it was "
+            "renamed or overwritten: train the supernet again to keep that step"
+        )
+    supernet, fingerprint = _supernet_for_scoring(kept, space, config, runtime)
+    return EnsembleMember(step, supernet, fingerprint)
 
 
 def write_run_facts(run: RunDir, space: SearchSpace, costs: CostModel, runtime: Runtime) -> None:

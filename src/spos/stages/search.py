@@ -13,6 +13,14 @@ a fixed, seeded reference pool of feasible architectures is scored once
 (``estimator_pool.json``), every signal value is cached in ``signals.jsonl``, and a
 candidate's fitness is :class:`~spos.estimator.PercentileEstimator`'s weighted mean
 percentile, recorded with its ``signals`` in ``history.jsonl``.
+
+With ``search.score_checkpoints`` the supernet score (the fitness, or the ``supernet`` signal)
+is the mean of the candidate's scores on the final supernet and on each listed kept checkpoint
+(checkpoint score ensembling, Ning et al., NeurIPS 2021): each checkpoint's scores are cached
+in ``signals.jsonl`` under that checkpoint's weight hash, every candidate's record in
+``history.jsonl`` gets them as ``supernet_at`` (``{step: score}``), and the search state is
+keyed by all the checkpoints' hashes, so it is not resumed with another checkpoint set. The
+final re-scoring (``final_top_k``) averages the same checkpoints.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from spos.evolution import create_strategy, pareto_front
 from spos.io import atomic_write_text, finite_json, write_json
 from spos.latency import LatencyTable
 from spos.rundir import RunDir, start_run, update_summary
-from spos.scoring import CachedScorer, ScoringSession
+from spos.scoring import CachedScorer, CheckpointEnsemble, ScoringSession
 from spos.signals import SUPERNET, SignalSource, proxy_batch, reference_pool
 from spos.space import make_rng
 from spos.stages.common import ProgressFactory, null_progress, open_for_scoring, run_costs
@@ -96,8 +104,8 @@ def _search_one(
             raise CheckpointError(f"{state_path} is corrupted ({exc}); delete it to restart the search") from None
         if saved.get("supernet") != fingerprint or saved.get("strategy") != name:
             raise CheckpointError(
-                f"{state_path} belongs to another supernet or strategy; delete it (or use a new "
-                "run directory) to search this supernet"
+                f"{state_path} belongs to another supernet, strategy or search.score_checkpoints; "
+                "delete it (or use a new run directory) to search this supernet"
             )
         _check_estimator(state_path, saved, fitness.describe)
         strategy.load_state_dict(saved["state"])
@@ -230,7 +238,10 @@ def _scoring_settings(config: RunConfig) -> dict[str, Any]:
 
 
 class _Fitness:
-    """A candidate's fitness: the paper's supernet score, or a rank aggregation of signals."""
+    """A candidate's fitness: the paper's supernet score, or a rank aggregation of signals.
+
+    ``supernet``: the supernet scores, when they average several checkpoints (their parts go
+    into the history)."""
 
     def __init__(
         self,
@@ -239,15 +250,21 @@ class _Fitness:
         estimator: PercentileEstimator | None = None,
         source: SignalSource | None = None,
         describe: dict[str, Any] | None = None,
+        supernet: CheckpointEnsemble | None = None,
     ) -> None:
         self.score_many, self.estimator, self.source, self.describe = score_many, estimator, source, describe
+        self.supernet = supernet if supernet is not None and len(supernet.labels) > 1 else None
 
     def signals_record(self, arch: Arch) -> dict[str, Any]:
-        """``{"signals": {...}}`` for a history record; empty for the paper's score (the
-        record's ``score`` is then the supernet score itself)."""
-        if self.source is None:
-            return {}
-        return {"signals": finite_json(self.source.values([arch])[0])}
+        """``{"signals": {...}}`` for a history record, and ``{"supernet_at": {step: score}}``
+        with a checkpoint ensemble; empty for the paper's score (the record's ``score`` is
+        then the supernet score itself)."""
+        record: dict[str, Any] = {}
+        if self.source is not None:
+            record["signals"] = finite_json(self.source.values([arch])[0])
+        if self.supernet is not None:
+            record["supernet_at"] = finite_json(self.supernet.parts(arch))
+        return record
 
     def explain(self, arch: Arch) -> dict[str, Any]:
         """The estimator and what drove ``arch``'s fitness: its signals and their percentiles."""
@@ -273,8 +290,14 @@ def _build_fitness(
     read from ``estimator_pool.json`` when that holds this run's pool, else computed (values
     cached in ``signals.jsonl``) and saved there."""
     est = config.search.estimator
+    # Each checkpoint's scores are stored only for an ensemble: the paper's search state
+    # already holds every score it needs to resume.
+    supernet = session.scores(
+        store=run.signals if session.ensemble else None,
+        tag={"signal": SUPERNET, "settings": _scoring_settings(config)},
+    )
     if est.is_paper:
-        return _Fitness(CachedScorer(session.scorer.score, runtime=runtime).score_many)
+        return _Fitness(supernet.score_many, supernet=supernet)
     space = session.space
     names = list(est.weights)
     needs_batch = any(name != SUPERNET and name not in constraints.metrics for name in names)
@@ -285,8 +308,7 @@ def _build_fitness(
         names,
         space=space,
         costs_of=constraints.costs,
-        supernet_score=(lambda arch: session.scorer.score(arch)) if SUPERNET in names else None,
-        supernet_tag={"supernet": session.fingerprint, "settings": _scoring_settings(config)},
+        supernet=supernet if SUPERNET in names else None,
         images=images,
         labels=labels,
         seed=config.seed,
@@ -301,7 +323,7 @@ def _build_fitness(
         "seed": config.seed,
         "space": space.fingerprint(),
         "constraints": constraints.describe(),
-        "supernet": session.fingerprint,
+        "supernet": session.score_fingerprint,
         "settings": _scoring_settings(config),
     }
     pool = _read_pool(run.estimator_pool, tag, weighted)
@@ -326,7 +348,7 @@ def _build_fitness(
     def score_many(archs):
         return [estimator.score(row) for row in source.values(archs)]
 
-    return _Fitness(score_many, estimator=estimator, source=source, describe=describe)
+    return _Fitness(score_many, estimator=estimator, source=source, describe=describe, supernet=supernet)
 
 
 def _read_pool(path: Path, tag: dict[str, Any], names: list[str]) -> dict[str, list[float]] | None:
@@ -361,7 +383,7 @@ def run(
     payload = load_checkpoint(checkpoint_path, kind="supernet", map_location="cpu")
     session = open_for_scoring(config, payload, checkpoint_path, runtime)  # checks before writing
     start_run(config, run, runtime)
-    space, fingerprint = session.space, session.fingerprint
+    space, fingerprint = session.space, session.score_fingerprint
 
     costs = run_costs(run, space, runtime)
     tables: list[Any] = [costs]
@@ -383,13 +405,14 @@ def run(
             recalibrate_images=cfg.final_recalibrate_images or cfg.recalibrate_images,
             val_images=cfg.final_val_images,
         )
-        score_final = final_scorer.score
-        if cfg.final_finetune_steps:
+        # The strategy and its baseline often share finalists: scored once (in memory).
+        if cfg.final_finetune_steps:  # never with an ensemble (the config refuses it)
             score_final = functools.partial(
                 session.finetuned_score, final_scorer, steps=cfg.final_finetune_steps, lr=cfg.final_finetune_lr
             )
-        # The strategy and its baseline often share finalists.
-        final_score_many = CachedScorer(score_final, runtime=runtime).score_many
+            final_score_many = CachedScorer(score_final, runtime=runtime).score_many
+        else:  # averaged over search.score_checkpoints like the screening scores
+            final_score_many = session.scores(final_scorer).score_many
 
     common = dict(
         config=config,
@@ -405,6 +428,8 @@ def run(
     )
     result = _search_one(cfg.strategy, out=run, **common)
     summary: dict[str, Any] = {"stage": "search", **result, "constraints": constraints.describe()}
+    if session.ensemble:
+        summary["score_steps"] = session.score_steps  # the checkpoints each supernet score averages
     if cfg.random_baseline and cfg.strategy != "random":
         baseline = _search_one("random", out=run.baseline, **common)
         summary["baseline"] = baseline
