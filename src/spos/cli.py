@@ -204,6 +204,13 @@ def _cmd_rank(args: argparse.Namespace) -> int:
             f"{summary['precision_at_5pct']:.2f}, precision@10% {summary['precision_at_10pct']:.2f}; "
             f"plot in {RunDir(run_dir).rank_plot}"
         )
+        ensemble = summary.get("checkpoint_ensemble")
+        if ensemble:
+            each = ", ".join(f"{step} {_figure(tau, '.3f')}" for step, tau in ensemble["kendall_tau_at"].items())
+            print(
+                f"  the supernet score is a checkpoint ensemble: the mean over steps {ensemble['steps']} "
+                f"(search.score_checkpoints); Kendall tau of each checkpoint alone: {each}"
+            )
         baselines = summary["cost_baselines"]
         print(
             "  baselines on the same architectures: Kendall tau of params "

@@ -407,6 +407,10 @@ def _plot_rank_scatter(rank: Mapping[str, Any]) -> Figure:
         )
         if part
     )
+    ensemble = rank.get("checkpoint_ensemble")
+    steps = ensemble.get("steps") if isinstance(ensemble, Mapping) else None
+    if isinstance(steps, list) and steps:  # the score is a mean over checkpoints
+        heading += f"\nscore: mean over checkpoints at steps {', '.join(map(str, steps))}"
     axes.set_title(f"Supernet ranking quality ({len(pairs)} architectures)\n{heading}")
     precision = [
         f"precision@{name} = {_number(rank.get(key)):.2f}"

@@ -12,6 +12,12 @@ Scores are appended to ``rank/scores.jsonl`` as they come (keyed by the supernet
 hash), so an interrupted ranking resumes without rescoring; candidates are sharded across
 ranks under torchrun like search candidates.
 
+With ``search.score_checkpoints`` the supernet score is the checkpoint ensemble search uses
+(the mean of each architecture's scores on the final supernet and on the listed kept
+checkpoints; each checkpoint's scores cached under its own weight hash): ``rank.json`` says so
+in ``checkpoint_ensemble`` and ``rank/scores.csv`` has a ``supernet_score_at_<step>`` column
+per checkpoint.
+
 With ``proxies`` (``spos rank --proxies naswot,synflow``), the named zero-cost proxies are
 computed at initialisation for the same architectures on a seeded batch of
 ``search.estimator.proxy_batch`` training images (cached in ``rank/proxies.jsonl``, resumable
@@ -37,7 +43,6 @@ from spos.groundtruth import GroundTruth
 from spos.io import atomic_write_text, write_json
 from spos.proxies import list_proxies
 from spos.rundir import RunDir, update_summary
-from spos.scoring import CachedScorer
 from spos.signals import SignalSource, proxy_batch
 from spos.space import make_rng
 from spos.stages.common import ProgressFactory, null_progress, open_for_scoring, run_costs
@@ -130,7 +135,7 @@ def run(
     checkpoint_path = Path(supernet_path) if supernet_path else run.supernet_ckpt
     payload = load_checkpoint(checkpoint_path, kind="supernet", map_location="cpu")
     session = open_for_scoring(config, payload, checkpoint_path, runtime)
-    space, fingerprint, scorer = session.space, session.fingerprint, session.scorer
+    space, fingerprint = session.space, session.fingerprint
     unknown = [name for name in proxies or [] if name not in list_proxies()]
     if unknown:  # before any scoring: plugins (which may register proxies) are loaded by now
         raise ConfigError(f"--proxies names unknown proxies {unknown}; registered proxies: {list_proxies()}")
@@ -151,14 +156,12 @@ def run(
         "batch_size": cfg.batch_size,
         "seed": config.seed,
     }
-    cache = CachedScorer(
-        scorer.score, store=run.rank_scores, tag={"supernet": fingerprint, "settings": settings}, runtime=runtime
-    )
-    todo = cache.missing(archs)
+    cache = session.scores(store=run.rank_scores, tag={"settings": settings})
+    total = len(archs) * len(cache.labels)  # one score per checkpoint of the ensemble
     bar = (
-        progress(total=len(archs), initial=len(archs) - len(todo), description="rank")
+        progress(total=total, initial=total - cache.pending(archs), description="rank")
         if runtime.is_main
-        else null_progress(total=len(archs))
+        else null_progress(total=total)
     )
     watch = Stopwatch()
     try:
@@ -209,6 +212,18 @@ def run(
         "seconds": round(watch(), 1),
         "points": [[t, s] for t, s in zip(true_values, scores, strict=True)],
     }
+    parts: dict[str, list[float]] = {}
+    if session.ensemble:  # each checkpoint's own scores and ranking, beside their mean's
+        rows = [cache.parts(arch) for arch in archs]
+        parts = {label: [row[label] for row in rows] for label in cache.labels}
+        hashes = {session.step: fingerprint, **{member.step: member.fingerprint for member in session.ensemble}}
+        summary["checkpoint_ensemble"] = {
+            "steps": session.score_steps,
+            "weights_sha256": {str(step): hashes[step] for step in session.score_steps},
+            "kendall_tau_at": {
+                label: round(rank_correlations(true_values, values)["kendall_tau"], 4) for label, values in parts.items()
+            },
+        }
     if signals:
         summary["proxy_batch"] = config.search.estimator.proxy_batch
         summary["signals"] = {
@@ -220,9 +235,13 @@ def run(
         table = io.StringIO()
         writer = csv.writer(table)
         extra = [name for name in signals if name != "supernet"]
-        writer.writerow(["arch", "group", column, "supernet_score", *extra])
+        at = [f"supernet_score_at_{label}" for label in parts]
+        writer.writerow(["arch", "group", column, "supernet_score", *at, *extra])
         for row, (i, arch, value, score) in enumerate(zip(indices, archs, true_values, scores, strict=True)):
-            writer.writerow([arch.short(), truth.groups[i], value, score, *(signals[n][row] for n in extra)])
+            writer.writerow(
+                [arch.short(), truth.groups[i], value, score, *(parts[label][row] for label in parts),
+                 *(signals[n][row] for n in extra)]  # fmt: skip
+            )
         atomic_write_text(run.rank_csv, table.getvalue())
         from spos.report import write_rank_plot
 
