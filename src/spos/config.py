@@ -328,7 +328,7 @@ class SupernetConfig:
     keep_checkpoints: list[int] = field(default_factory=list)
     """Steps whose weights are also kept as ``supernet_step<N>.ckpt`` beside the rolling
     checkpoint, to score earlier checkpoints with ``spos rank --supernet`` / ``spos search
-    --supernet``."""
+    --supernet``, or to average their scores with the final one's (``search.score_checkpoints``)."""
 
     @property
     def total_schedule_steps(self) -> int:
