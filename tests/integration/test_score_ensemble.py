@@ -192,6 +192,29 @@ def test_a_missing_kept_checkpoint_is_one_line_naming_the_file_and_the_fix(kept,
     assert str(run_dir / "supernet_step20.ckpt") in result.stderr and "does not exist" in result.stderr
     assert "supernet.keep_checkpoints" in result.stderr
     assert not (run_dir / "history.jsonl").exists()
+    # A kept checkpoint searched as the supernet cannot also be one of its ensemble.
+    itself = run_cli("search", "--config", str(SMOKE), "--out", str(run_dir), "--supernet",
+                     str(run_dir / "supernet_step10.ckpt"), *NB201, *SEARCH, "search.score_checkpoints=[10]")  # fmt: skip
+    assert itself.returncode == 2 and "Traceback" not in itself.stderr
+    assert "lists step 10, the step of the scored supernet" in itself.stderr
+
+
+def test_an_estimators_supernet_signal_is_the_ensemble_score(kept, tmp_path):
+    run_dir = _copy(kept, tmp_path / "estimator")
+    weights = "search.estimator={weights: {supernet: 1.0, flops: -1.0}, pool_size: 8}"
+    config = load_config(SMOKE, [*ENSEMBLE, weights, "search.generations=2"])
+    runtime = Runtime.from_env("cpu", threads=1)
+    search.run(config, run_dir, runtime=runtime)
+    for record in _lines(run_dir / "history.jsonl"):
+        parts = record["supernet_at"]
+        assert list(parts) == ["10", "20", "30"]
+        assert record["signals"]["supernet"] == pytest.approx(sum(parts.values()) / 3, rel=1e-12)
+    # The reference pool's supernet values are ensemble scores too, and tagged as such.
+    session = open_for_scoring(config, load_checkpoint(run_dir / "supernet.ckpt"), run_dir / "supernet.ckpt", runtime)
+    pool = json.loads((run_dir / "estimator_pool.json").read_text())
+    assert pool["tag"]["supernet"] == session.score_fingerprint != session.fingerprint
+    first = session.space.arch(pool["archs"][0].split(","))
+    assert pool["signals"]["supernet"][0] == pytest.approx(session.scores().score(first), rel=1e-12)
 
 
 def _truth(path, count: int = 24):
