@@ -3,7 +3,9 @@
 :func:`build_child` builds the network of one architecture (affine BatchNorm) through its
 family's builder, for retraining from scratch and export. :func:`inherit_weights` copies one
 path's weights and BatchNorm statistics out of a supernet, for fine-tuning and for the
-exactness check ``child(x) == supernet(x, arch)`` in eval mode.
+exactness check ``child(x) == supernet(x, arch)`` in eval mode. :func:`evaluation_network`
+combines both with :func:`fold_batchnorms` into the fast eval-only network candidate scoring
+runs (issue 18 item 3).
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from spos.arch import Arch
 from spos.errors import ArchError
 from spos.space import SearchSpace
 from spos.supernet import Supernet, get_family
 
-__all__ = ["build_child", "inherit_weights"]
+__all__ = ["build_child", "evaluation_network", "fold_batchnorms", "inherit_weights"]
 
 
 def build_child(space: SearchSpace, arch: Arch) -> nn.Module:
@@ -109,3 +112,59 @@ def inherit_weights(child: nn.Module, supernet: Supernet, arch: Arch) -> nn.Modu
     for (target_name, target), (_, source) in zip(target_leaves, source_leaves, strict=True):
         _copy_leaf(target, source, target_name)
     return child
+
+
+def fold_batchnorms(module: nn.Module) -> nn.Module:
+    """Fold every BatchNorm that directly follows a convolution into that convolution.
+
+    In each ``nn.Sequential`` of ``module``, a plain ``nn.Conv2d`` immediately followed by a
+    plain ``nn.BatchNorm2d`` with running statistics becomes one convolution with a bias
+    (``torch.nn.utils.fusion.fuse_conv_bn_eval``) and an ``nn.Identity``: the same function in
+    eval mode up to float rounding, one memory-bound pass fewer per layer. Subclasses (e.g.
+    quantised convolutions, whose arithmetic folding would change) are left alone. Eval only:
+    the folded network cannot train or recalibrate its BN.
+
+    Returns:
+        ``module`` (changed in place), in eval mode.
+    """
+    module.eval()
+    for sequential in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(len(sequential) - 1):
+            conv, bn = sequential[i], sequential[i + 1]
+            if (
+                type(conv) is nn.Conv2d
+                and type(bn) is nn.BatchNorm2d
+                and bn.track_running_stats
+                and bn.num_features == conv.out_channels
+            ):
+                sequential[i] = fuse_conv_bn_eval(conv, bn)
+                sequential[i + 1] = nn.Identity()
+    return module
+
+
+def _layout_of(module: nn.Module) -> torch.memory_format:
+    for parameter in module.parameters():
+        if parameter.dim() == 4:
+            channels_last = parameter.is_contiguous(memory_format=torch.channels_last)
+            return torch.channels_last if channels_last and not parameter.is_contiguous() else torch.contiguous_format
+    return torch.contiguous_format
+
+
+@torch.no_grad()
+def evaluation_network(supernet: Supernet, arch: Arch) -> nn.Module:
+    """The path ``arch`` of ``supernet`` as a standalone eval-mode network with its BN folded.
+
+    Computes ``supernet(x, arch)`` in eval mode (with the current BN buffers) up to float
+    rounding, faster: no per-step path dispatch and no separate BN pass (measured at 224x224,
+    batch 32, 2 CPU threads: 15-25% less time per eval forward, `benchmarks/search_throughput.py`).
+    Built on the ``meta`` device and then filled by :func:`inherit_weights` (nothing is
+    initialised, and the global RNG is left as it was); it lives on the supernet's device,
+    in its memory format, and shares no storage with it.
+    """
+    reference = next(supernet.parameters())
+    with torch.device("meta"):
+        child = build_child(supernet.space, arch)
+    child = child.to_empty(device=reference.device).to(dtype=reference.dtype)
+    with torch.random.fork_rng(devices=[]):  # a width-sliced standalone_path builds modules
+        inherit_weights(child, supernet, arch)
+    return fold_batchnorms(child).to(memory_format=_layout_of(supernet))

@@ -488,6 +488,10 @@ class SearchConfig:
     """Validation images used for fitness (None: the whole held-out split)."""
     batch_size: int = 500
     """Batch size for recalibration and evaluation."""
+    fold_batchnorm: bool = True
+    """Evaluate each recalibrated candidate as a standalone network with its BN folded into the
+    convolutions: the same function up to float rounding (a near-tie logit may flip), 15-25%
+    faster per eval forward on CPU. False: ``supernet(x, arch)`` in eval mode, exactly."""
     score: Literal["accuracy", "loss"] = "accuracy"
     """Fitness: validation top-1 (the paper) or minus the mean validation loss (finer-grained
     on small validation sets)."""

@@ -34,6 +34,7 @@ import torch
 from spos import data as spos_data
 from spos.arch import Arch
 from spos.calibrate import recalibrate_bn
+from spos.childnet import evaluation_network
 from spos.data.prepare import train_stream
 from spos.errors import SposError
 from spos.io import read_jsonl
@@ -73,6 +74,10 @@ class ArchScorer:
             recalibration, the same ones for every candidate: a list, or a Sequence that
             normalises held uint8 images as each batch is read.
         val_batches: Prepared held-out validation batches; the same ones for every candidate.
+        fold_batchnorm: Evaluate each recalibrated path as a standalone network with its BN
+            folded into the convolutions (:func:`spos.childnet.evaluation_network`): the same
+            function up to float rounding, 15-25% faster per eval forward. False runs
+            ``supernet(x, arch)`` in eval mode, bit for bit the paper's computation.
     """
 
     def __init__(
@@ -82,6 +87,7 @@ class ArchScorer:
         recalibrate_batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
         val_batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
         metric: str = "accuracy",
+        fold_batchnorm: bool = True,
     ) -> None:
         if metric not in ("accuracy", "loss"):
             raise ValueError(f"score metric must be 'accuracy' or 'loss', got {metric!r}")
@@ -90,6 +96,14 @@ class ArchScorer:
         self.recalibrate_batches = _as_sequence(recalibrate_batches)
         self.val_batches = _as_sequence(val_batches)
         self.metric = metric
+        self.fold_batchnorm = fold_batchnorm
+
+    def _eval_network(self, arch: Arch) -> tuple[torch.nn.Module, Arch | None]:
+        """The network that evaluates ``arch`` with the current BN buffers, and the ``arch``
+        argument it takes (None for a standalone folded network)."""
+        if self.fold_batchnorm:
+            return evaluation_network(self.supernet, arch), None
+        return self.supernet, arch
 
     def recalibrate(self, arch: Arch) -> None:
         recalibrate_bn(
@@ -101,7 +115,8 @@ class ArchScorer:
 
     def evaluate(self, arch: Arch) -> tuple[int, int]:
         """(correct, total) of ``arch`` on the validation batches (current BN buffers)."""
-        accuracy = evaluate_model(self.supernet, self.val_batches, arch=arch)
+        network, path = self._eval_network(arch)
+        accuracy = evaluate_model(network, self.val_batches, arch=path)
         if accuracy.nonfinite:
             raise SposError(
                 f"the supernet outputs NaN or infinite logits for architecture {arch.short()} on "
@@ -113,15 +128,16 @@ class ArchScorer:
     @torch.no_grad()
     def mean_loss(self, arch: Arch) -> float:
         """Mean validation cross-entropy of ``arch`` (eval mode, current BN buffers)."""
-        was_training = self.supernet.training
-        self.supernet.eval()
+        network, path = self._eval_network(arch)
+        was_training = network.training
+        network.eval()
         total: torch.Tensor | float = 0.0  # float64 on the device: one host read at the end
         count = 0
         for images, labels in self.val_batches:
-            logits = self.supernet(images, arch)
+            logits = network(images) if path is None else network(images, path)
             total = total + torch.nn.functional.cross_entropy(logits, labels, reduction="sum").double()
             count += labels.numel()
-        self.supernet.train(was_training)
+        network.train(was_training)
         return float(total) / max(1, count)
 
     def score(self, arch: Arch) -> float:
@@ -195,6 +211,7 @@ def build_scorer(
     batch_size: int,
     channels_last: bool,
     metric: str = "accuracy",
+    fold_batchnorm: bool = True,
 ) -> ArchScorer:
     """A scorer with fixed recalibration images (seeded from train) and validation images."""
     generator = torch.Generator().manual_seed(seed_from(seed, "recalibration-images"))
@@ -214,7 +231,11 @@ def build_scorer(
         return _NormalisedBatches(list(batches), data, runtime, channels_last=channels_last, on_device=True)
 
     return ArchScorer(
-        supernet, recalibrate_batches=prepared(recal), val_batches=prepared(val), metric=metric
+        supernet,
+        recalibrate_batches=prepared(recal),
+        val_batches=prepared(val),
+        metric=metric,
+        fold_batchnorm=fold_batchnorm,
     )
 
 
@@ -295,6 +316,7 @@ class ScoringSession:
                 recalibrate_batches=scorer.recalibrate_batches,
                 val_batches=scorer.val_batches,
                 metric=scorer.metric,
+                fold_batchnorm=scorer.fold_batchnorm,
             )
             scorers[member.step] = (on_member, member.fingerprint)
         return CheckpointEnsemble(
@@ -349,6 +371,7 @@ class ScoringSession:
             batch_size=self.config.search.batch_size,
             channels_last=self.config.runtime.channels_last,
             metric=self.config.search.score,
+            fold_batchnorm=self.config.search.fold_batchnorm,
         )
 
 

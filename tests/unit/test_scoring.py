@@ -155,3 +155,54 @@ def test_a_changed_checkpoint_set_reuses_only_the_stored_scores_of_the_same_weig
     assert len(other_calls) == 3
     assert [b - a for a, b in zip(first_scores, other_scores, strict=True)] == pytest.approx([0.5] * 3)
     assert len(store.read_text().splitlines()) == 9
+
+
+def test_folded_scoring_matches_the_supernet_path_and_folds_every_plain_conv_bn_pair():
+    """Issue 18 item 3: candidates are evaluated as standalone networks with BN folded into
+    the convolutions; the scores are those of ``supernet(x, arch)`` in eval mode (accuracy
+    exactly on this data, loss to float rounding), and the supernet is left as it was."""
+    import torch
+    from torch import nn
+
+    from spos.childnet import evaluation_network, fold_batchnorms
+    from spos.config import load_config
+    from spos.data.prepare import prepare_data
+    from spos.scoring import build_scorer
+    from spos.stages.common import build_space
+    from spos.supernet import build_supernet
+    from tests.conftest import SMOKE
+
+    config = load_config(SMOKE, ["data.synthetic_size=96", "data.val_size=48"])
+    data = prepare_data(config.data, seed=config.seed)
+    space = build_space(config, data)
+    torch.manual_seed(0)
+    supernet = build_supernet(space).to(memory_format=torch.channels_last)
+    runtime = Runtime.from_env("cpu")
+    kwargs = dict(seed=0, recalibrate_images=48, val_images=48, batch_size=16, channels_last=True)
+    folded = build_scorer(supernet, data, runtime, **kwargs)
+    plain = build_scorer(supernet, data, runtime, fold_batchnorm=False, **kwargs)
+    state = {name: t.clone() for name, t in supernet.state_dict().items()}
+    archs = _archs(4, space)
+    assert [folded.score(a) for a in archs] == [plain.score(a) for a in archs]
+    folded.metric = plain.metric = "loss"
+    for arch in archs:
+        assert abs(folded.score(arch) - plain.score(arch)) < 1e-5
+    assert all(torch.equal(t, state[name]) for name, t in supernet.state_dict().items())
+
+    network = evaluation_network(supernet, archs[0])
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in network.modules())
+    assert next(network.parameters()).is_contiguous(memory_format=torch.channels_last)
+
+    class Custom(nn.Conv2d):  # e.g. a quantised conv: its arithmetic is not foldable
+        pass
+
+    torch.manual_seed(1)
+    block = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                          Custom(4, 4, 1), nn.BatchNorm2d(4))
+    block[1].running_mean.uniform_(-1, 1)
+    block[1].running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 3, 5, 5)
+    expected = block.eval()(x)
+    fold_batchnorms(block)
+    assert [type(m).__name__ for m in block] == ["Conv2d", "Identity", "ReLU", "Custom", "BatchNorm2d"]
+    torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-6)

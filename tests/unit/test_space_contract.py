@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from spos import create_space, list_spaces, make_rng
-from spos.childnet import build_child, inherit_weights
+from spos.childnet import build_child, evaluation_network, inherit_weights
 from spos.cost import CostModel, module_costs
 from spos.space import SearchSpace, iter_options
 from spos.supernet import build_supernet
@@ -114,6 +114,25 @@ def test_child_with_inherited_weights_equals_the_path(space):
         child = inherit_weights(build_child(space, arch), supernet, arch).eval()
         with torch.no_grad():
             torch.testing.assert_close(child(x), supernet(x, arch), rtol=1e-5, atol=1e-5)
+
+
+def test_folded_evaluation_network_equals_the_path_and_leaves_the_supernet_alone(space):
+    supernet = build_supernet(space).train()
+    with torch.no_grad():
+        for seed, arch in enumerate(_edge_archs(space)):
+            supernet(_input(space, seed) * 2 + 0.5, arch)
+    supernet.eval()
+    before = {name: t.clone() for name, t in supernet.state_dict().items()}
+    x = _input(space, seed=99)
+    rng_state = torch.random.get_rng_state()
+    for arch in _edge_archs(space):
+        network = evaluation_network(supernet, arch)
+        assert not network.training
+        with torch.no_grad():
+            torch.testing.assert_close(network(x), supernet(x, arch), rtol=1e-4, atol=1e-5)
+    assert torch.equal(torch.random.get_rng_state(), rng_state)  # built without initialising
+    for name, tensor in supernet.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
 
 
 def test_cost_table_builds_and_agrees_with_the_child(space):

@@ -178,6 +178,7 @@ class _Panel:
                 val_images=cfg.panel.val_images,
                 batch_size=max(256, cfg.batch_size),
                 channels_last=config.runtime.channels_last,
+                fold_batchnorm=config.search.fold_batchnorm,
             )
         return cls(archs, rank_archs, rank_truth, scorer)
 
