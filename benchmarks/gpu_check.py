@@ -118,6 +118,8 @@ class Check:
         self.sizes = SIZES[self.mode]
         self.out = Path(args.out) if args.out else (RESULTS / "dry_run" if args.dry_run else RESULTS)
         self.logs = self.out / "logs"
+        for stale in self.logs.glob("*.log"):  # each section appends its commands: start clean
+            stale.unlink()
         self.work = Path(tempfile.mkdtemp(prefix="spos-gpu-check-"))
         self.started = time.perf_counter()
         self.outcomes: list[Outcome] = []
