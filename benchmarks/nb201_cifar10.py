@@ -31,6 +31,10 @@ Score an earlier checkpoint of a run (train it with "supernet.keep_checkpoints=[
 ranking only, with the source run's overrides:
     .venv/bin/python benchmarks/nb201_cifar10.py --name NAME_at15k --reuse NAME --no-search \
         --snapshot runs/bench/nb201/NAME/supernet_step15000.ckpt <the overrides of NAME>
+Checkpoint score ensembling (the mean of the final and the kept step-15000 scores), ranking
+only, on a run trained with "supernet.keep_checkpoints=[15000]":
+    .venv/bin/python benchmarks/nb201_cifar10.py --name NAME_ens15k --reuse NAME --no-search \
+        "search.score_checkpoints=[15000]" <the overrides of NAME>
 Rebuild the table only:  .venv/bin/python benchmarks/nb201_cifar10.py --table
 """
 
@@ -131,7 +135,10 @@ def run_variant(
         source = ROOT / "runs" / "bench" / "nb201" / reuse
         run_dir.mkdir(parents=True, exist_ok=True)
         # rank/scores.jsonl: the source's scores are reused only where the scoring settings match
-        for item in ("supernet.ckpt", "metrics.jsonl", "summary.json", "rank/scores.jsonl"):
+        # search.score_checkpoints (checkpoint score ensembling) reads the kept checkpoints
+        # from beside the scored supernet: they come along.
+        kept = [f"supernet_step{step}.ckpt" for step in config.search.score_checkpoints]
+        for item in ("supernet.ckpt", "metrics.jsonl", "summary.json", "rank/scores.jsonl", *kept):
             origin = snapshot if (snapshot and item == "supernet.ckpt") else source / item
             if origin.exists() and not (run_dir / item).exists():
                 (run_dir / item).parent.mkdir(parents=True, exist_ok=True)
