@@ -21,17 +21,9 @@ from spos.spaces.nb201 import nb201_to_arch_str
 from spos.stages import search, train_supernet
 from spos.stages.common import open_for_scoring
 from tests.conftest import SMOKE, run_cli
+from tests.integration.test_rank import NB201 as RANK_NB201
 
-NB201 = [
-    "space.name=nb201",
-    "space.layout={channels: 4, cells_per_stage: 1}",
-    "data.synthetic_image_size=32",
-    "supernet.steps=30",
-    "supernet.panel.eval_every=0",
-    "supernet.panel.size=0",
-    "supernet.keep_checkpoints=[10, 20]",
-    "threads=1",
-]
+NB201 = [*RANK_NB201, "supernet.keep_checkpoints=[10, 20]"]  # the rank tests' tiny supernet, keeping two steps
 SEARCH = [
     "search.generations=3",
     "search.population_size=6",

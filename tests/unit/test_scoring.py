@@ -17,6 +17,23 @@ def _archs(count: int, space: SearchSpace = TOY) -> list:
     return [space.sample(rng) for _ in range(count)]
 
 
+def _smoke_supernet(*, val_size: int):
+    """The smoke config's data (96 synthetic training images), space and a seeded supernet."""
+    import torch
+
+    from spos.config import load_config
+    from spos.data.prepare import prepare_data
+    from spos.stages.common import build_space
+    from spos.supernet import build_supernet
+    from tests.conftest import SMOKE
+
+    config = load_config(SMOKE, ["data.synthetic_size=96", f"data.val_size={val_size}"])
+    data = prepare_data(config.data, seed=config.seed)
+    space = build_space(config, data)
+    torch.manual_seed(0)
+    return data, space, build_supernet(space).to(memory_format=torch.channels_last), Runtime.from_env("cpu")
+
+
 def _counting(calls: list):
     def score(arch) -> float:
         calls.append(arch.key)
@@ -74,21 +91,11 @@ def test_scorer_holds_uint8_images_on_the_device_and_scores_as_float_batches_did
     (the previous behaviour) exactly."""
     import torch
 
-    from spos.config import load_config
     from spos.data import iterate_batches
-    from spos.data.prepare import prepare_data
     from spos.scoring import ArchScorer, build_scorer
     from spos.space import seed_from
-    from spos.stages.common import build_space
-    from spos.supernet import build_supernet
-    from tests.conftest import SMOKE
 
-    config = load_config(SMOKE, ["data.synthetic_size=96", "data.val_size=32"])
-    data = prepare_data(config.data, seed=config.seed)
-    space = build_space(config, data)
-    torch.manual_seed(0)
-    supernet = build_supernet(space).to(memory_format=torch.channels_last)
-    runtime = Runtime.from_env("cpu")
+    data, space, supernet, runtime = _smoke_supernet(val_size=32)
     kwargs = dict(seed=0, recalibrate_images=40, val_images=24, batch_size=16, channels_last=True)
     scorer = build_scorer(supernet, data, runtime, **kwargs)
     for held in (scorer.recalibrate_batches, scorer.val_batches):
@@ -165,19 +172,9 @@ def test_folded_scoring_matches_the_supernet_path_and_folds_every_plain_conv_bn_
     from torch import nn
 
     from spos.childnet import evaluation_network, fold_batchnorms
-    from spos.config import load_config
-    from spos.data.prepare import prepare_data
     from spos.scoring import build_scorer
-    from spos.stages.common import build_space
-    from spos.supernet import build_supernet
-    from tests.conftest import SMOKE
 
-    config = load_config(SMOKE, ["data.synthetic_size=96", "data.val_size=48"])
-    data = prepare_data(config.data, seed=config.seed)
-    space = build_space(config, data)
-    torch.manual_seed(0)
-    supernet = build_supernet(space).to(memory_format=torch.channels_last)
-    runtime = Runtime.from_env("cpu")
+    data, space, supernet, runtime = _smoke_supernet(val_size=48)
     kwargs = dict(seed=0, recalibrate_images=48, val_images=48, batch_size=16, channels_last=True)
     folded = build_scorer(supernet, data, runtime, **kwargs)
     plain = build_scorer(supernet, data, runtime, fold_batchnorm=False, **kwargs)
